@@ -1,0 +1,125 @@
+"""Command line (SPEC section 2); no logic beyond argument handling.
+
+    query-signing-proxy [--config PATH] [--listen HOST:PORT] [--log-level LEVEL]
+    query-signing-proxy check-config PATH
+    query-signing-proxy local [--listen HOST:PORT] [--log-level LEVEL]
+    query-signing-proxy --version
+
+Exit codes: 0 clean shutdown, 2 bad config or arguments (one line naming the key), 1 other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, ConfigError, dump_effective, load_config
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", metavar="HOST:PORT", help="listen address, e.g. 127.0.0.1:8977 or [::1]:8977")
+    parser.add_argument("--log-level", choices=LEVELS, default="info", help="log level (default: info)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="query-signing-proxy",
+        description="Sign AWS Query API requests with a role's credentials and translate them for Secrets Manager.",
+        epilog="Subcommands: 'check-config PATH' validates a config; 'local' runs against an embedded AWS emulator.",
+    )
+    parser.add_argument("--version", action="version", version=f"query-signing-proxy {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="YAML configuration file (SPEC section 3)")
+    _common(parser)
+    return parser
+
+
+def load(path: str | None, listen: str | None = None) -> Config:
+    """Load the config with the region botocore finds in the environment filling a missing one."""
+    from .app import botocore_session, region_from_env
+
+    return load_config(path, listen=listen, region_from_env=region_from_env(botocore_session()))
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"query-signing-proxy: {message}", file=sys.stderr)
+    return code
+
+
+def check_config(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="query-signing-proxy check-config")
+    parser.add_argument("path", metavar="PATH")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(args.path)
+        from .app import botocore_session, build_service
+        from .credentials import static_fetch
+        from .app import Shared, Lifecycle
+        from .credentials import CredentialManager
+        from .metrics import Metrics
+
+        shared = Shared(cfg, CredentialManager(static_fetch("check", "check")), Metrics.create(), Lifecycle())
+        build_service(cfg, botocore_session(), shared)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    sys.stdout.write(dump_effective(cfg))
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(argv)
+    from . import logs
+
+    logs.setup(args.log_level)
+    try:
+        cfg = load(args.config, args.listen)
+        from .app import create_app, serve
+
+        app = create_app(cfg)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    try:
+        asyncio.run(serve(cfg, app=app))
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc.strerror}", 1)
+    return 0
+
+
+def run_local(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="query-signing-proxy local",
+        description="Run the proxy against an embedded AWS emulator (moto) on loopback; no AWS account needed.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="proxy config (default: the built-in config/local.yaml)")
+    _common(parser)
+    args = parser.parse_args(argv)
+    from . import logs
+
+    logs.setup(args.log_level)
+    try:
+        from .local import run_local as _run_local
+    except ImportError as exc:
+        return _fail(f"'local' needs the [local] extra (pip install 'query-signing-proxy[local]'): {exc.name}", 1)
+    try:
+        return _run_local(args.config, args.listen)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "check-config":
+        return check_config(argv[1:])
+    if argv and argv[0] == "local":
+        return run_local(argv[1:])
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The aiohttp applications and their lifecycle: build once, start, serve, drain on SIGTERM.
+
+:func:`create_app` builds the Query listener's ``web.Application`` from a :class:`~proxy.config.Config`:
+endpoint resolution, the translator and policy are prepared here (synchronously, once); the upstream
+ClientSession and the credential refresher live in one ``cleanup_ctx`` generator that opens and closes
+both. :func:`serve` runs it (and the admin listener) until SIGTERM/SIGINT, then drains per SPEC section 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import botocore.session
+from aiohttp import web
+
+from . import __version__
+from .config import Config, ConfigError, is_loopback
+from .credentials import CredentialManager, Fetch, build_fetch
+from .endpoints import resolve_endpoint
+from .handler import SERVICE, handle_query
+from .metrics import CONTENT_TYPE, Metrics
+from .middleware import query_middleware
+from .policy import Policy
+from .service import Service
+from .translate import InputLimits, Translator
+from .upstream import AiohttpUpstream, Upstream
+from .validate import RuleSettings
+
+log = logging.getLogger("proxy")
+
+
+class Lifecycle:
+    """Process-wide state the admin endpoints report: draining after SIGTERM."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every listener of the process shares."""
+
+    config: Config
+    credentials: CredentialManager
+    metrics: Metrics
+    lifecycle: Lifecycle
+
+
+SHARED = web.AppKey("shared", Shared)
+
+
+def botocore_session() -> botocore.session.Session:
+    """A fresh botocore session reading the standard AWS environment and shared config."""
+    return botocore.session.get_session()
+
+
+def region_from_env(session: botocore.session.Session) -> str | None:
+    """The region the environment gives: ``AWS_REGION``, else botocore's (``AWS_DEFAULT_REGION``, profile)."""
+    region: str | None = os.environ.get("AWS_REGION") or session.get_config_variable("region")
+    return region
+
+
+def create_app(
+    cfg: Config,
+    *,
+    session: botocore.session.Session | None = None,
+    fetch: Fetch | None = None,
+    upstream: Upstream | None = None,
+    resolver: aiohttp.abc.AbstractResolver | None = None,
+    clock: Callable[[], float] = time.time,
+    shared: Shared | None = None,
+) -> web.Application:
+    """Build the Query listener's application.
+
+    ``session`` is the botocore session (default: a fresh one from the environment); ``fetch`` replaces the
+    credential fetch (default: :func:`~proxy.credentials.build_fetch` on the config); ``upstream`` replaces
+    the aiohttp transport (tests of pure pipeline logic); ``resolver`` is the DNS resolver of the aiohttp
+    transport; ``clock`` is epoch seconds for credential expiry. Raises ConfigError for what can only be
+    checked against botocore (service, endpoint, operation names in the policy).
+    """
+    session = session or botocore_session()
+    if shared is None:
+        credentials = CredentialManager(
+            fetch or build_fetch(session, cfg.credentials, cfg.upstream, clock), clock=clock
+        )
+        shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
+    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver)
+    app = web.Application(
+        middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests)],
+        client_max_size=cfg.limits.max_body_bytes,
+        handler_args={"max_field_size": 16384, "max_line_size": max(8190, cfg.limits.max_get_url_bytes + 64)},
+    )
+    app[SHARED] = shared
+    app[SERVICE] = service
+    if cfg.admin.host is None:
+        add_admin_routes(app)
+    app.router.add_route("*", "/{tail:.*}", handle_query)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+def build_service(
+    cfg: Config,
+    session: botocore.session.Session,
+    shared: Shared,
+    *,
+    upstream: Upstream | None = None,
+    resolver: aiohttp.abc.AbstractResolver | None = None,
+) -> Service:
+    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport."""
+    up = cfg.upstream
+    endpoint = resolve_endpoint(session, up)
+    model = session.get_service_model(up.service)
+    if model.protocol != "json":
+        raise ConfigError(
+            f"upstream.service: {up.service} speaks {model.protocol}; this build translates AWS JSON 1.1 services"
+        )
+    translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
+    policy = Policy.compile(cfg.policy, translator.operation_names)
+    if upstream is None:
+        upstream = AiohttpUpstream(
+            ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
+            connect_timeout=up.connect_timeout_seconds,
+            read_timeout=up.read_timeout_seconds,
+            max_response_bytes=cfg.limits.max_response_bytes,
+            pool_size=min(cfg.limits.max_concurrent_requests, 100),
+            resolver=resolver,
+            user_agent=f"query-signing-proxy/{__version__}",
+        )
+    return Service(
+        upstream_cfg=up,
+        limits=cfg.limits,
+        endpoint=endpoint,
+        translator=translator,
+        policy=policy,
+        rules=RuleSettings.from_config(cfg),
+        upstream=upstream,
+        credentials=shared.credentials,
+    )
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    shared = app[SHARED]
+    service = app[SERVICE]
+    await service.upstream.start()
+    shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(
+        result=result
+    ).inc()
+    shared.metrics.credential_expiry.set_function(lambda: _expiry_seconds(shared.credentials))
+    await shared.credentials.start()
+    try:
+        yield
+    finally:
+        await shared.credentials.close()
+        await service.upstream.aclose()
+
+
+def _expiry_seconds(credentials: CredentialManager) -> float:
+    snap = credentials.snapshot
+    if snap is None:
+        return 0.0
+    if snap.expiry is None:
+        return float("inf")
+    return max(snap.expiry - time.time(), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# admin endpoints (SPEC section 4): never the Query API, never the caller token
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    shared = request.app[SHARED]
+    if shared.lifecycle.draining:
+        return web.Response(status=503, text="shutting down\n")
+    if not shared.credentials.ready():
+        reason = shared.credentials.last_error or "credentials not fetched yet"
+        return web.Response(status=503, text=f"no usable credentials: {reason}\n")
+    return web.Response(text="ready\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SHARED].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=True)
+    app.router.add_get("/metrics", metrics)
+
+
+def create_admin_app(shared: Shared) -> web.Application:
+    """The admin listener's application (``admin.host`` set): /healthz, /readyz, /metrics only."""
+    app = web.Application()
+    app[SHARED] = shared
+    add_admin_routes(app)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------------------
+# serving
+
+
+def _listen_hosts(host: str) -> list[str]:
+    """``localhost`` means both loopback addresses (SPEC section 3)."""
+    return ["127.0.0.1", "::1"] if host.lower() == "localhost" else [host]
+
+
+def _server_ssl(cfg: Config) -> ssl.SSLContext | None:
+    tls = cfg.listen.tls
+    if not tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(tls.cert_file or "", tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"listen.tls: cannot load the certificate and key: {exc}") from exc
+    return ctx
+
+
+async def start_sites(runner: web.AppRunner, hosts: list[str], port: int, ssl_context: ssl.SSLContext | None) -> int:
+    """Start a TCPSite per host; returns the bound port (the first site's when ``port`` is 0)."""
+    bound = port
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, bound))
+        bound = sock.getsockname()[1]
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
+        await site.start()
+    return bound
+
+
+async def serve(
+    cfg: Config,
+    *,
+    ready: Callable[[int, int | None], None] | None = None,
+    stop: asyncio.Event | None = None,
+    app: web.Application | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then drain (SPEC section 2).
+
+    ``ready(port, admin_port)`` is called once the listeners are bound. On the signal ``/readyz`` turns 503 at
+    once, requests are still accepted for ``shutdown_delay_seconds``, then the listeners close and in-flight
+    requests finish within ``shutdown_grace_seconds``.
+    """
+    if cfg.upstream.allow_insecure_http:
+        log.warning("upstream.allow_insecure_http is set: the upstream may be reached without TLS")
+    app = app or create_app(cfg)
+    shared = app[SHARED]
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False)
+    await runner.setup()
+    admin_runner: web.AppRunner | None = None
+    try:
+        port = await start_sites(runner, _listen_hosts(cfg.listen.host), cfg.listen.port, _server_ssl(cfg))
+        admin_port = None
+        if cfg.admin.host is not None:
+            admin_runner = web.AppRunner(create_admin_app(shared), access_log=None, handle_signals=False)
+            await admin_runner.setup()
+            admin_port = await start_sites(admin_runner, _listen_hosts(cfg.admin.host), cfg.admin.port, None)
+        log.info(
+            "listening",
+            extra={
+                "host": cfg.listen.host,
+                "port": port,
+                "tls": cfg.listen.tls.enabled,
+                "admin_port": admin_port,
+                "loopback_only": is_loopback(cfg.listen.host),
+                "version": __version__,
+            },
+        )
+        if ready is not None:
+            ready(port, admin_port)
+        await stop.wait()
+        shared.lifecycle.draining = True
+        log.info("shutting down", extra={"delay_seconds": cfg.shutdown_delay_seconds})
+        if cfg.shutdown_delay_seconds:
+            await asyncio.sleep(cfg.shutdown_delay_seconds)
+    finally:
+        await runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        log.info("stopped")

@@ -1,0 +1,160 @@
+"""The proxy's error tree; every failure a client can see is one of these classes.
+
+Each class fixes the HTTP status, the Query error ``Code`` and the fault (``Sender`` for 4xx,
+``Receiver`` for 5xx) from SPEC section 6; the instance carries only a one-line message that says what
+was wrong and how to fix it. Messages never carry credentials, signatures or secret values.
+Rendering happens in one place (:mod:`proxy.middleware`)::
+
+    ProxyError
+    ├── ClientError (4xx, Sender)
+    │   ├── MethodNotAllowed 405      ├── MalformedQueryString 400
+    │   ├── NotFound 404              ├── MissingAction 400 / InvalidAction 400
+    │   ├── UnsupportedMediaType 415  ├── NoSuchVersion 400
+    │   ├── RequestURITooLong 414     ├── UnknownParameter 400
+    │   ├── RequestEntityTooLarge 413 ├── MissingParameter 400 / InvalidParameterValue 400
+    │   └── AccessDenied 403
+    ├── ServerError (5xx, Receiver)
+    │   ├── ServiceUnavailable 503    ├── BadGateway 502
+    │   ├── CredentialsUnavailable 503├── ResponseTooLarge 502
+    │   ├── GatewayTimeout 504        └── UnrepresentableValue 502
+    └── UpstreamError (status and code taken from the upstream's answer)
+
+``map_exceptions`` translates a foreign library's exceptions where that library is imported
+(httpx's ``map_exceptions`` pattern): the most specific matching class wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers with; ``status``/``code``/``fault`` are class-level."""
+
+    status: int = 500
+    code: str = "InternalFailure"
+    headers: Mapping[str, str] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+    @property
+    def fault(self) -> str:
+        """``Sender`` for 4xx, ``Receiver`` for 5xx (SPEC section 6)."""
+        return "Sender" if self.status < 500 else "Receiver"
+
+
+class ClientError(ProxyError):
+    status = 400
+
+
+class MethodNotAllowed(ClientError):
+    status, code = 405, "MethodNotAllowed"
+
+
+class NotFound(ClientError):
+    status, code = 404, "NotFound"
+
+
+class UnsupportedMediaType(ClientError):
+    status, code = 415, "UnsupportedMediaType"
+
+
+class RequestURITooLong(ClientError):
+    status, code = 414, "RequestURITooLong"
+
+
+class RequestEntityTooLarge(ClientError):
+    status, code = 413, "RequestEntityTooLarge"
+
+
+class MalformedQueryString(ClientError):
+    code = "MalformedQueryString"
+
+
+class MissingAction(ClientError):
+    code = "MissingAction"
+
+
+class InvalidAction(ClientError):
+    code = "InvalidAction"
+
+
+class NoSuchVersion(ClientError):
+    code = "NoSuchVersion"
+
+
+class UnknownParameter(ClientError):
+    code = "UnknownParameter"
+
+
+class MissingParameter(ClientError):
+    code = "MissingParameter"
+
+
+class InvalidParameterValue(ClientError):
+    code = "InvalidParameterValue"
+
+
+class AccessDenied(ClientError):
+    status, code = 403, "AccessDenied"
+
+
+class ServerError(ProxyError):
+    status = 500
+
+
+class ServiceUnavailable(ServerError):
+    status, code = 503, "ServiceUnavailable"
+    headers = {"Retry-After": "1"}
+
+
+class CredentialsUnavailable(ServerError):
+    status, code = 503, "CredentialsUnavailable"
+
+
+class BadGateway(ServerError):
+    status, code = 502, "BadGateway"
+
+
+class ResponseTooLarge(ServerError):
+    status, code = 502, "ResponseTooLarge"
+
+
+class UnrepresentableValue(ServerError):
+    status, code = 502, "UnrepresentableValue"
+
+
+class GatewayTimeout(ServerError):
+    status, code = 504, "GatewayTimeout"
+
+
+class UpstreamError(ProxyError):
+    """An error answered by the upstream; status and code are the upstream's (SPEC section 6)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@contextlib.contextmanager
+def map_exceptions(mapping: Mapping[type[BaseException], type[ProxyError]], what: str) -> Iterator[None]:
+    """Re-raise foreign exceptions as ProxyErrors; the most specific (first matching in MRO) class wins.
+
+    ``what`` names the operation for the message, e.g. ``"upstream request"``. The foreign exception's
+    text is kept only as the class name: library messages can carry URLs with signatures.
+    """
+    try:
+        yield
+    except ProxyError:
+        raise
+    except Exception as exc:
+        for cls in type(exc).__mro__:
+            target = mapping.get(cls)
+            if target is not None:
+                raise target(f"{what} failed: {type(exc).__name__}") from exc
+        raise

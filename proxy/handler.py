@@ -1,0 +1,58 @@
+"""The pipeline, in the order of the spec: rules -> parse -> translate -> policy -> credentials -> sign ->
+send -> relay. Each stage is a call into its own module; this file only sequences them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from . import errors
+from .middleware import XML_TYPE, RequestContext, context
+from .parse import read_query, request_head
+from .service import Service
+from .signing import sign
+from .translate import upstream_error
+from .validate import check_head
+
+SERVICE = web.AppKey("service", Service)
+
+
+async def handle_query(request: web.Request) -> web.StreamResponse:
+    """Answer one Query API request (SPEC sections 4 to 6)."""
+    service = request.app[SERVICE]
+    ctx = context(request)
+    check_head(request_head(request), service.rules)  # HTTPS / size / header rules
+    query = await read_query(request, service.limits.max_body_bytes)
+    operation = service.translator.decode(query.action, query.version, query.params)
+    ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
+    service.policy.check(operation)
+    headers, body = service.translator.json_request(operation)
+    response = await send_upstream(service, ctx, headers, body)
+    if response.status >= 300:
+        raise upstream_error(response)
+    document = service.translator.render_result(operation.name, response, ctx.request_id)
+    return web.Response(body=document, content_type=XML_TYPE, headers={"x-amzn-RequestId": ctx.request_id})
+
+
+async def send_upstream(service: Service, ctx: RequestContext, headers: dict[str, str], body: bytes):  # type: ignore[no-untyped-def]
+    """Sign with the current credentials and send, within ``upstream.total_timeout_seconds``.
+
+    Records the attempt, the upstream status and the upstream's request id on ``ctx``.
+    """
+    creds = await service.credentials.get()
+    signed = sign(method="POST", endpoint=service.endpoint, headers=headers, body=body, credentials=creds)
+    ctx.attempts += 1
+    try:
+        async with asyncio.timeout(service.upstream_cfg.total_timeout_seconds):
+            response = await service.upstream.send(signed)
+    except TimeoutError:
+        raise errors.GatewayTimeout(
+            f"the upstream did not answer within upstream.total_timeout_seconds "
+            f"({service.upstream_cfg.total_timeout_seconds:g} s)"
+        ) from None
+    ctx.upstream_status = response.status
+    upstream_id = response.header("x-amzn-RequestId")
+    if upstream_id:
+        ctx.request_id = upstream_id
+    return response

@@ -1,0 +1,90 @@
+"""JSON-lines logging on stderr (SPEC section 7), with credentials kept out at every level.
+
+Three defences: botocore's and urllib3's records below INFO are dropped (their debug output holds canonical
+requests, signatures and STS answers); every formatted line is scrubbed of anything shaped like a signature,
+a session token, a secret access key or a secret value; and the proxy's own lines never put them in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import re
+import sys
+from typing import Any
+
+# Attributes every LogRecord has; anything else given through ``extra=`` is context for the JSON line.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+NOISY_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer")
+
+_SCRUB = [
+    (re.compile(r"(Signature=)[0-9a-fA-F]+"), r"\1<redacted>"),
+    (re.compile(r"(X-Amz-Signature=)[^&\s\"']+", re.I), r"\1<redacted>"),
+    (re.compile(r"(x-amz-security-token[\"']?\s*[:=]\s*[\"']?)[^\s\"',&}]+", re.I), r"\1<redacted>"),
+    (re.compile(r"(SecurityToken=)[^&\s\"']+"), r"\1<redacted>"),
+    (re.compile(r"(<(?:SecretAccessKey|SessionToken|SecretString|SecretBinary)>)[^<]*"), r"\1<redacted>"),
+    (
+        re.compile(
+            r"([\"']?(?:SecretAccessKey|SessionToken|SecretString|SecretBinary|secret_key|token|"
+            r"aws_secret_access_key|aws_session_token)[\"']?\s*[:=]\s*)(?:\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s,}&]+)",
+            re.I,
+        ),
+        r"\1<redacted>",
+    ),
+    (re.compile(r"(Authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\n]+", re.I), r"\1<redacted>"),
+]
+
+
+def scrub(text: str) -> str:
+    """Remove signatures, tokens, secret keys and secret values from a log line."""
+    for pattern, repl in _SCRUB:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601 UTC), ``level``, ``message`` and the record's context."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+        }
+        if record.name != "proxy.access":
+            line["message"] = record.getMessage()
+            line["logger"] = record.name
+        for key, value in vars(record).items():
+            if key not in _STANDARD:
+                line[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error"] = record.exc_info[0].__name__
+        return scrub(json.dumps(line, default=str, ensure_ascii=False))
+
+
+class DropLibraryDebug(logging.Filter):
+    """Drop botocore/urllib3 records below INFO, whatever level their loggers are set to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO:
+            return True
+        return not record.name.startswith(NOISY_LIBRARIES)
+
+
+def setup(level: str = "info", stream: Any = None) -> logging.Handler:
+    """Route all logging to JSON lines on ``stream`` (stderr) at ``level``; returns the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    handler.addFilter(DropLibraryDebug())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return handler

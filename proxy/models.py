@@ -1,0 +1,88 @@
+"""The proxy's own request model: frozen values that flow between pipeline stages.
+
+Only :mod:`proxy.parse`, :mod:`proxy.upstream`, :mod:`proxy.middleware` and :mod:`proxy.app` know aiohttp;
+every other stage takes and returns these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """A decoded Query API request.
+
+    ``params`` are the decoded ``name -> value`` pairs in arrival order, without ``Action``, ``Version`` and
+    the app's own signing parameters (SPEC section 4). ``action`` is the operation name as sent (may be
+    empty), ``version`` the API version or None when absent.
+    """
+
+    method: str
+    action: str
+    version: str | None
+    params: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A validated, typed operation input: the operation name and its input as botocore-shaped data."""
+
+    name: str
+    input: dict[str, Any]
+    secret_ids: tuple[str, ...]
+    is_read: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to sign: ``url`` (``https://host[:port]``), ``host`` (the Host header value, no default
+    port), ``signing_name`` and ``region`` (the SigV4 credential scope)."""
+
+    url: str
+    host: str
+    signing_name: str
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """An upstream request ready to send: every header on it was built and signed by the proxy."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """An upstream answer read whole (bounded by ``limits.max_response_bytes``)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What the rules see of an inbound request before its body is read.
+
+    ``target`` is the raw request target as received (path and query, before decoding); ``host`` the Host
+    header (None when absent); ``content_type`` without parameters; ``headers`` all header names, lower-case.
+    """
+
+    method: str
+    path: str
+    target: str
+    host: str | None
+    content_type: str
+    has_amz_target: bool

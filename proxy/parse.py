@@ -1,0 +1,130 @@
+"""Reading a Query API request: the query string or form body, decoded once (SPEC section 4).
+
+Decoding is ``application/x-www-form-urlencoded`` in both GET and POST: ``+`` is a space, percent-escapes
+(upper or lower hex) are bytes, the bytes are UTF-8. A literal plus arrives as ``%2B`` and stays a plus.
+Malformed escapes and invalid UTF-8 are errors (MalformedQueryString), not silently kept.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from . import errors
+from .models import QueryRequest, RequestHead
+
+# The app's own signing parameters: dropped, never forwarded, never an error (SPEC section 4).
+SIGNING_PARAMETERS = frozenset(
+    {
+        "AWSAccessKeyId",
+        "Signature",
+        "SignatureMethod",
+        "SignatureVersion",
+        "Timestamp",
+        "Expires",
+        "SecurityToken",
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Security-Token",
+    }
+)
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def decode_form(raw: bytes, where: str) -> list[tuple[str, str]]:
+    """Decode ``a=1&b=x+y`` into ``[("a", "1"), ("b", "x y")]``; ``&&`` and empty parts are skipped, a name
+    without ``=`` has the empty value. Raises MalformedQueryString naming ``where`` (query string or body)."""
+    if _BAD_ESCAPE.search(raw):
+        raise errors.MalformedQueryString(f"the {where} has a malformed percent-escape (use %XX with hex digits)")
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        try:
+            pairs.append(
+                (
+                    unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8"),
+                    unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8"),
+                )
+            )
+        except UnicodeDecodeError:
+            raise errors.MalformedQueryString(f"the {where} is not UTF-8 after percent-decoding") from None
+    return pairs
+
+
+async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
+    """Read the whole body, Content-Length or chunked, stopping at ``max_body_bytes`` (bytes).
+
+    Raises RequestEntityTooLarge as soon as the announced length or the bytes read pass the limit.
+    """
+    too_large = errors.RequestEntityTooLarge(
+        f"the request body is over limits.max_body_bytes ({max_body_bytes} bytes)"
+    )
+    declared = request.content_length
+    if declared is not None and declared > max_body_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > max_body_bytes:
+            raise too_large
+    return bytes(body)
+
+
+def query_request(method: str, raw_query: bytes, body: bytes | None) -> QueryRequest:
+    """Build the :class:`QueryRequest` from the raw query string and (for POST) the form body.
+
+    Parameters from both are taken, query string first. ``Action`` and ``Version`` are lifted out; the app's
+    signing parameters are dropped. Raises MalformedQueryString; InvalidParameterValue when Action or Version
+    is given twice.
+    """
+    pairs = decode_form(raw_query, "query string")
+    if body:
+        pairs += decode_form(body, "request body")
+    action: str | None = None
+    version: str | None = None
+    params: list[tuple[str, str]] = []
+    for name, value in pairs:
+        if name == "Action":
+            if action is not None:
+                raise errors.InvalidParameterValue("Action is given more than once")
+            action = value
+        elif name == "Version":
+            if version is not None:
+                raise errors.InvalidParameterValue("Version is given more than once")
+            version = value
+        elif name not in SIGNING_PARAMETERS:
+            params.append((name, value))
+    return QueryRequest(method=method, action=action or "", version=version or None, params=tuple(params))
+
+
+def raw_query(request: web.Request) -> bytes:
+    """The query string exactly as received (before any decoding)."""
+    _, _, query = request.raw_path.partition("?")
+    return query.encode("utf-8", "surrogateescape")
+
+
+async def read_query(request: web.Request, max_body_bytes: int) -> QueryRequest:
+    """Read a GET or form POST Query request (the content type was checked by :mod:`proxy.validate`)."""
+    body = await read_body(request, max_body_bytes) if request.method == "POST" else None
+    return query_request(request.method, raw_query(request), body)
+
+
+def request_head(request: web.Request) -> RequestHead:
+    """The :class:`RequestHead` the rules of :mod:`proxy.validate` look at."""
+    return RequestHead(
+        method=request.method,
+        path=request.path,
+        target=request.raw_path,
+        host=request.headers.get("Host"),
+        content_type=request.content_type if request.body_exists or request.method == "POST" else "",
+        has_amz_target="X-Amz-Target" in request.headers,
+    )

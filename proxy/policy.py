@@ -1,0 +1,83 @@
+"""The operator's policy: which operations, which secrets. Compiled once at load, applied per request.
+
+Sources: SPEC sections 3 and 5. ``allow_actions`` null means the read-only operations (``Get*``,
+``Describe*``, ``List*``, ``BatchGet*``); ``["*"]`` all; else a list of operation names or glob patterns.
+``allow_secrets`` null means any secret; else glob patterns (``*`` also crosses ``/``), matched against each
+secret id as given and, for an ARN, against the secret name inside it without AWS's random
+6-character suffix. A denial is AccessDenied and happens before any upstream call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import errors
+from .config import ConfigError, PolicyConfig
+from .models import Operation
+from .translate import is_read_operation
+
+# arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbCdEf  (any partition)
+_SECRET_ARN = re.compile(r"^arn:[\w-]+:secretsmanager:[\w-]*:\d*:secret:(?P<name>.+?)(?:-[A-Za-z0-9]{6})?$")
+
+
+def secret_names(secret_id: str) -> tuple[str, ...]:
+    """The values a pattern is matched against: the id itself, and for an ARN the name inside it
+    without the 6-character suffix."""
+    m = _SECRET_ARN.match(secret_id)
+    if m is None:
+        return (secret_id,)
+    return (secret_id, m["name"])
+
+
+def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A compiled policy. ``actions``/``secrets`` are None for "default"/"any"."""
+
+    all_actions: bool
+    actions: re.Pattern[str] | None
+    secrets: re.Pattern[str] | None
+
+    @classmethod
+    def compile(cls, cfg: PolicyConfig, operation_names: Iterable[str], key: str = "policy") -> Policy:
+        """Compile ``cfg`` against the service's operations. Raises ConfigError for a name that matches no
+        operation (a typo would silently deny)."""
+        names = list(operation_names)
+        actions: re.Pattern[str] | None = None
+        all_actions = False
+        if cfg.allow_actions is not None:
+            if "*" in cfg.allow_actions:
+                all_actions = True
+            else:
+                for i, pattern in enumerate(cfg.allow_actions):
+                    if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                        raise ConfigError(f"{key}.allow_actions[{i}]: {pattern!r} matches no operation of the service")
+                actions = _compile(cfg.allow_actions)
+        secrets = _compile(cfg.allow_secrets) if cfg.allow_secrets is not None else None
+        return cls(all_actions=all_actions, actions=actions, secrets=secrets)
+
+    def action_allowed(self, name: str) -> bool:
+        if self.all_actions:
+            return True
+        if self.actions is None:
+            return is_read_operation(name)
+        return self.actions.fullmatch(name) is not None
+
+    def secret_allowed(self, secret_id: str) -> bool:
+        if self.secrets is None:
+            return True
+        return any(self.secrets.fullmatch(v) for v in secret_names(secret_id))
+
+    def check(self, operation: Operation) -> None:
+        """Raise AccessDenied unless the operation and every secret it names are allowed."""
+        if not self.action_allowed(operation.name):
+            raise errors.AccessDenied(f"{operation.name} is not allowed by policy.allow_actions")
+        for secret_id in operation.secret_ids:
+            if not self.secret_allowed(secret_id):
+                raise errors.AccessDenied(f"the secret {secret_id!r} is not allowed by policy.allow_secrets")

@@ -1,0 +1,26 @@
+"""One upstream service as the pipeline sees it: everything prepared once at start-up and shared by all
+requests (endpoint, translator, policy, rules, transport, credentials)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import LimitsConfig, UpstreamConfig
+from .credentials import CredentialManager
+from .models import Endpoint
+from .policy import Policy
+from .translate import Translator
+from .upstream import Upstream
+from .validate import RuleSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    upstream_cfg: UpstreamConfig
+    limits: LimitsConfig
+    endpoint: Endpoint
+    translator: Translator
+    policy: Policy
+    rules: RuleSettings
+    upstream: Upstream
+    credentials: CredentialManager

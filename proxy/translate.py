@@ -1,0 +1,551 @@
+"""Translation between the awsQuery wire form and AWS JSON 1.1, driven by botocore's service model.
+
+There is no per-operation code: every operation of the loaded model works, and new operations work when
+botocore's model gains them.
+
+Request direction (SPEC sections 4 and 5)::
+
+    [("SecretIdList.member.1", "a"), ...]  --decode_input-->  {"SecretIdList": ["a"], ...}
+        --botocore JSONSerializer-->  POST / X-Amz-Target: secretsmanager.Op, JSON body
+
+:func:`decode_input` is the inverse of botocore's ``QuerySerializer`` (``botocore/serialize.py``): structures
+``A.B``, lists ``A.member.N``, maps ``A.entry.N.key`` / ``A.entry.N.value``, booleans ``true``/``false``, blobs
+base64, timestamps ISO 8601 or epoch seconds. Values are typed from the operation's input shape.
+
+Response direction (SPEC section 6): the JSON body is read with botocore's ``JSONParser`` against the output
+shape (timestamps and blobs kept as sent), then :func:`render_result` writes the Query XML that botocore's
+``QueryParser`` reads: members in model order, lists as ``<member>``, maps as ``<entry><key/><value/></entry>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from xml.etree import ElementTree
+
+from botocore.parsers import ResponseParserError
+from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Shape, StructureShape
+from botocore.parsers import JSONParser
+from botocore.serialize import JSONSerializer
+from botocore.utils import parse_timestamp
+
+from . import errors
+from .models import Operation, UpstreamResponse
+
+# ---------------------------------------------------------------------------------------------------------
+# awsQuery parameters -> typed input
+
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """``limits.max_parameters`` and ``limits.max_list_members`` (SPEC section 3)."""
+
+    max_parameters: int = 1000
+    max_list_members: int = 1000
+
+
+class _Node:
+    """One level of the dotted parameter names: ``A.member.1`` is A -> member -> 1."""
+
+    __slots__ = ("value", "children")
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        self.children: dict[str, _Node] = {}
+
+
+_INDEX = re.compile(r"[1-9][0-9]{0,8}")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_SHAPE_KIND = {"list": "a list", "map": "a map", "structure": "a structure"}
+
+
+def _tree(params: Iterable[tuple[str, str]], limits: InputLimits) -> _Node:
+    root = _Node()
+    count = 0
+    for name, value in params:
+        count += 1
+        if count > limits.max_parameters:
+            raise errors.InvalidParameterValue(
+                f"more than limits.max_parameters ({limits.max_parameters}) parameters in one request"
+            )
+        node = root
+        for part in name.split("."):
+            if not part:
+                raise errors.UnknownParameter(f"parameter name {name!r} has an empty part")
+            child = node.children.get(part)
+            if child is None:
+                child = node.children[part] = _Node()
+            node = child
+        if node.value is not None:
+            raise errors.InvalidParameterValue(f"parameter {name} is given more than once")
+        node.value = value
+    return root
+
+
+def decode_input(
+    params: Iterable[tuple[str, str]], operation: OperationModel, limits: InputLimits = InputLimits()
+) -> dict[str, Any]:
+    """Decode awsQuery ``(name, value)`` pairs into the operation's input as botocore-typed data.
+
+    Returns ``{member: value}`` with str, int, float, bool, bytes (blobs), datetime (timestamps), list and
+    dict values, ready for botocore's JSONSerializer. Missing idempotency tokens (members marked
+    ``idempotencyToken``, e.g. ``ClientRequestToken``) get a fresh UUID, as botocore's
+    ``generate_idempotent_uuid`` handler does.
+
+    Raises UnknownParameter (a name the input shape lacks), MissingParameter (a required member absent),
+    InvalidParameterValue (wrong type, out of the model's min/max, an index gap, over a ``limits`` count).
+    """
+    root = _tree(params, limits)
+    shape = operation.input_shape
+    if shape is None:
+        if root.children:
+            first = next(iter(root.children))
+            raise errors.UnknownParameter(f"{operation.name} takes no parameters; got {first}")
+        return {}
+    result: dict[str, Any] = _decode_structure(shape, root, "", limits)
+    for member in operation.idempotent_members:
+        if member not in result:
+            result[member] = str(uuid.uuid4())
+    return result
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _decode(shape: Shape, node: _Node, path: str, limits: InputLimits) -> Any:
+    kind = shape.type_name
+    if kind == "structure":
+        assert isinstance(shape, StructureShape)
+        return _decode_structure(shape, node, path, limits)
+    if kind == "list":
+        assert isinstance(shape, ListShape)
+        return _decode_list(shape, node, path, limits)
+    if kind == "map":
+        assert isinstance(shape, MapShape)
+        return _decode_map(shape, node, path, limits)
+    if node.children:
+        child = next(iter(node.children))
+        raise errors.UnknownParameter(f"{_join(path, child)}: {path} is a single value and has no members")
+    assert node.value is not None
+    return _decode_scalar(shape, node.value, path)
+
+
+def _check_length(shape: Shape, length: int, path: str, what: str) -> None:
+    lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
+    if lo is not None and length < lo:
+        raise errors.InvalidParameterValue(f"{path}: {what} must be at least {lo}, got {length}")
+    if hi is not None and length > hi:
+        raise errors.InvalidParameterValue(f"{path}: {what} must be at most {hi}, got {length}")
+
+
+def _no_direct_value(node: _Node, path: str, kind: str, hint: str) -> None:
+    if node.value is not None and node.value != "":
+        raise errors.InvalidParameterValue(f"{path} is {kind}: send it as {hint}")
+
+
+def _decode_structure(shape: StructureShape, node: _Node, path: str, limits: InputLimits) -> dict[str, Any]:
+    if path:
+        _no_direct_value(node, path, "a structure", f"{path}.<Member>=value")
+    by_wire_name = _wire_members(shape)
+    out: dict[str, Any] = {}
+    for wire, child in node.children.items():
+        found = by_wire_name.get(wire)
+        if found is None:
+            raise errors.UnknownParameter(f"{_join(path, wire)} is not a parameter of {shape.name}")
+        name, member_shape = found
+        out[name] = _decode(member_shape, child, _join(path, wire), limits)
+    for required in shape.required_members:
+        if required not in out:
+            raise errors.MissingParameter(f"{_join(path, required)} is required")
+    return out
+
+
+def _wire_members(shape: StructureShape) -> dict[str, tuple[str, Shape]]:
+    return {m.serialization.get("name", name): (name, m) for name, m in shape.members.items()}
+
+
+def _indexed(node: _Node, path: str, limits: InputLimits) -> list[_Node]:
+    items: dict[int, _Node] = {}
+    for key, child in node.children.items():
+        if not _INDEX.fullmatch(key):
+            raise errors.InvalidParameterValue(f"{_join(path, key)}: list and map indices are 1, 2, 3 ...")
+        items[int(key)] = child
+    highest = max(items) if items else 0
+    if highest > limits.max_list_members:
+        raise errors.InvalidParameterValue(
+            f"{path}: index {highest} is over limits.max_list_members ({limits.max_list_members})"
+        )
+    if highest != len(items):
+        missing = min(set(range(1, highest + 1)) - set(items))
+        raise errors.InvalidParameterValue(f"{path}: index {missing} is missing; indices start at 1 with no gaps")
+    return [items[i] for i in range(1, highest + 1)]
+
+
+def _decode_list(shape: ListShape, node: _Node, path: str, limits: InputLimits) -> list[Any]:
+    flattened = shape.serialization.get("flattened", False)
+    list_name = shape.member.serialization.get("name", "member")
+    _no_direct_value(node, path, "a list", f"{path}.{list_name}.1=value" if not flattened else f"{path}.1=value")
+    if flattened:
+        container = node
+    else:
+        for key in node.children:
+            if key != list_name:
+                raise errors.UnknownParameter(f"{_join(path, key)}: list items are {path}.{list_name}.N")
+        container = node.children.get(list_name, _Node())
+    base = path if flattened else f"{path}.{list_name}"
+    items = _indexed(container, base, limits)
+    out = [_decode(shape.member, item, f"{base}.{i}", limits) for i, item in enumerate(items, 1)]
+    _check_length(shape, len(out), path, "the number of items")
+    return out
+
+
+def _decode_map(shape: MapShape, node: _Node, path: str, limits: InputLimits) -> dict[Any, Any]:
+    flattened = shape.serialization.get("flattened", False)
+    key_name = shape.key.serialization.get("name", "key")
+    value_name = shape.value.serialization.get("name", "value")
+    _no_direct_value(node, path, "a map", f"{path}.entry.1.{key_name}=k&{path}.entry.1.{value_name}=v")
+    if flattened:
+        container = node
+    else:
+        for key in node.children:
+            if key != "entry":
+                raise errors.UnknownParameter(f"{_join(path, key)}: map entries are {path}.entry.N.{key_name}")
+        container = node.children.get("entry", _Node())
+    base = path if flattened else f"{path}.entry"
+    out: dict[Any, Any] = {}
+    for i, entry in enumerate(_indexed(container, base, limits), 1):
+        where = f"{base}.{i}"
+        for key in entry.children:
+            if key not in (key_name, value_name):
+                raise errors.UnknownParameter(f"{where}.{key}: a map entry has {key_name} and {value_name}")
+        if entry.value is not None or key_name not in entry.children:
+            raise errors.MissingParameter(f"{where}.{key_name} is required")
+        if value_name not in entry.children:
+            raise errors.MissingParameter(f"{where}.{value_name} is required")
+        k = _decode(shape.key, entry.children[key_name], f"{where}.{key_name}", limits)
+        out[k] = _decode(shape.value, entry.children[value_name], f"{where}.{value_name}", limits)
+    _check_length(shape, len(out), path, "the number of entries")
+    return out
+
+
+def _decode_scalar(shape: Shape, value: str, path: str) -> Any:
+    kind = shape.type_name
+    if kind == "string":
+        _check_length(shape, len(value), path, "the length")
+        return value
+    if kind in ("integer", "long"):
+        if not _INTEGER.fullmatch(value):
+            raise errors.InvalidParameterValue(f"{path}: must be an integer, got {_show(value)}")
+        number = int(value)
+        _check_length(shape, number, path, "the value")
+        return number
+    if kind in ("float", "double"):
+        try:
+            real = float(value)
+        except ValueError:
+            raise errors.InvalidParameterValue(f"{path}: must be a number, got {_show(value)}") from None
+        if real != real or real in (float("inf"), float("-inf")):
+            raise errors.InvalidParameterValue(f"{path}: must be a finite number")
+        return real
+    if kind == "boolean":
+        lowered = value.lower()
+        if lowered not in ("true", "false"):
+            raise errors.InvalidParameterValue(f"{path}: must be true or false, got {_show(value)}")
+        return lowered == "true"
+    if kind == "blob":
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise errors.InvalidParameterValue(f"{path}: must be base64 (RFC 4648, with padding)") from None
+        _check_length(shape, len(raw), path, "the length in bytes")
+        return raw
+    if kind == "timestamp":
+        try:
+            stamp = parse_timestamp(value)
+        except (ValueError, TypeError, OverflowError):
+            raise errors.InvalidParameterValue(
+                f"{path}: must be an ISO 8601 timestamp such as 2018-04-11T20:05:45.713Z"
+            ) from None
+        return stamp
+    raise errors.InvalidParameterValue(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
+
+
+def _show(value: str) -> str:
+    """A short, quoted echo of a non-secret scalar for messages (types that never carry secrets)."""
+    return repr(value[:40] + ("..." if len(value) > 40 else ""))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# typed output -> Query XML
+
+# XML 1.0 cannot carry C0 controls other than TAB, LF, CR, nor lone surrogates, U+FFFE and U+FFFF.
+UNREPRESENTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#xD;"})
+
+
+def xml_text(value: str, where: str) -> str:
+    """Escape text for an XML element: ``& < >`` and CR (as ``&#xD;`` so parsers keep CRLF).
+
+    Raises UnrepresentableValue when the text holds a character XML 1.0 cannot carry.
+    """
+    if UNREPRESENTABLE.search(value):
+        raise errors.UnrepresentableValue(
+            f"{where} holds a control character that XML 1.0 cannot carry; read it with an SDK (JSON 1.1)"
+        )
+    return value.translate(_ESCAPES)
+
+
+def iso8601(value: Any) -> str:
+    """A timestamp as sent by the upstream (epoch seconds, int or float, or an ISO string) as ISO 8601 UTC with
+    milliseconds: ``2018-04-11T20:05:45.713Z``."""
+    if isinstance(value, datetime.datetime):
+        stamp = value
+    elif isinstance(value, (int, float)):
+        stamp = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    else:
+        stamp = parse_timestamp(value)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+    stamp = stamp.astimezone(datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _render(shape: Shape, value: Any, name: str, out: list[str]) -> None:
+    kind = shape.type_name
+    if kind == "structure":
+        assert isinstance(shape, StructureShape)
+        out.append(f"<{name}>")
+        _render_members(shape, value, out)
+        out.append(f"</{name}>")
+    elif kind == "list":
+        assert isinstance(shape, ListShape)
+        item_name = shape.member.serialization.get("name", "member")
+        if shape.serialization.get("flattened"):
+            for item in value:
+                _render(shape.member, item, name, out)
+        else:
+            out.append(f"<{name}>")
+            for item in value:
+                _render(shape.member, item, item_name, out)
+            out.append(f"</{name}>")
+    elif kind == "map":
+        assert isinstance(shape, MapShape)
+        key_name = shape.key.serialization.get("name", "key")
+        value_name = shape.value.serialization.get("name", "value")
+        out.append(f"<{name}>")
+        for k, v in value.items():
+            out.append("<entry>")
+            _render(shape.key, k, key_name, out)
+            _render(shape.value, v, value_name, out)
+            out.append("</entry>")
+        out.append(f"</{name}>")
+    else:
+        out.append(f"<{name}>{_scalar_text(shape, value, name)}</{name}>")
+
+
+def _scalar_text(shape: Shape, value: Any, name: str) -> str:
+    kind = shape.type_name
+    if kind == "boolean":
+        return "true" if value else "false"
+    if kind == "timestamp":
+        return iso8601(value)
+    if kind == "blob":
+        if isinstance(value, (bytes, bytearray)):
+            return base64.b64encode(value).decode("ascii")
+        return xml_text(str(value), name)
+    if kind in ("integer", "long"):
+        return str(int(value))
+    if kind in ("float", "double"):
+        return repr(float(value))
+    return xml_text(str(value), name)
+
+
+def _render_members(shape: StructureShape, value: dict[str, Any], out: list[str]) -> None:
+    for member_name, member_shape in shape.members.items():
+        if member_name in value:
+            _render(member_shape, value[member_name], member_shape.serialization.get("name", member_name), out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one service's translator, prepared once
+
+
+READ_PREFIXES = ("Get", "Describe", "List", "BatchGet")
+SECRET_ID_SHAPES = frozenset({"SecretIdType", "NameType"})
+
+
+def is_read_operation(name: str) -> bool:
+    """Reads (``Get*``, ``Describe*``, ``List*``, ``BatchGet*``) may be retried (SPEC section 5)."""
+    return name.startswith(READ_PREFIXES)
+
+
+class Translator:
+    """awsQuery <-> AWS JSON 1.1 for one service model; built once at start-up, shared by all requests.
+
+    ``service_model`` is botocore's (``Session.get_service_model``). Operation models, the serializer and the
+    parser are prepared once; per request only the decode, the serialize and the render run.
+    """
+
+    def __init__(self, service_model: ServiceModel, limits: InputLimits = InputLimits()) -> None:
+        self.service_model = service_model
+        self.limits = limits
+        self.api_version: str = service_model.api_version
+        prefix = service_model.endpoint_prefix
+        self.xmlns = f"https://{prefix}.amazonaws.com/doc/{self.api_version}/"
+        self._serializer = JSONSerializer()
+        # timestamps and blobs are kept as the upstream wrote them: the renderer formats them once.
+        self._parser = JSONParser(timestamp_parser=lambda v: v, blob_parser=lambda v: v)
+        self._operations: dict[str, OperationModel] = {
+            name: service_model.operation_model(name) for name in service_model.operation_names
+        }
+
+    @cached_property
+    def operation_names(self) -> frozenset[str]:
+        return frozenset(self._operations)
+
+    def operation_model(self, action: str, version: str | None) -> OperationModel:
+        """The model of ``Action``; raises MissingAction, InvalidAction or NoSuchVersion (SPEC section 6)."""
+        if not action:
+            raise errors.MissingAction("the request has no Action parameter (e.g. Action=GetSecretValue)")
+        op = self._operations.get(action)
+        if op is None:
+            raise errors.InvalidAction(
+                f"{_show(action)} is not an operation of {self.service_model.service_name}"
+            )
+        if version is not None and version != self.api_version:
+            raise errors.NoSuchVersion(
+                f"Version {_show(version)} is not supported; use Version={self.api_version}"
+            )
+        return op
+
+    def decode(self, action: str, version: str | None, params: Iterable[tuple[str, str]]) -> Operation:
+        """Validate ``Action``/``Version`` and decode the parameters (see :func:`decode_input`)."""
+        op = self.operation_model(action, version)
+        data = decode_input(params, op, self.limits)
+        return Operation(
+            name=op.name,
+            input=data,
+            secret_ids=tuple(secret_ids(op.input_shape, data)),
+            is_read=is_read_operation(op.name),
+        )
+
+    def json_request(self, operation: Operation) -> tuple[dict[str, str], bytes]:
+        """The AWS JSON 1.1 request (headers ``X-Amz-Target`` and ``Content-Type``, body) for an operation."""
+        req = self._serializer.serialize_to_request(operation.input, self._operations[operation.name])
+        body = req["body"]
+        return dict(req["headers"]), body if isinstance(body, bytes) else body.encode("utf-8")
+
+    def render_result(self, operation_name: str, response: UpstreamResponse, request_id: str) -> bytes:
+        """A successful JSON 1.1 answer as the Query XML document of SPEC section 6 (UTF-8 bytes).
+
+        Raises BadGateway when the body is not the JSON the model describes, UnrepresentableValue when a
+        string holds a character XML 1.0 cannot carry.
+        """
+        op = self._operations[operation_name]
+        shape = op.output_shape
+        parsed: dict[str, Any] = {}
+        if shape is not None:
+            try:
+                parsed = self._parser.parse(
+                    {"status_code": response.status, "headers": dict(response.headers), "body": response.body},
+                    shape,
+                )
+            except (ResponseParserError, ValueError, TypeError, AttributeError):
+                raise errors.BadGateway(
+                    f"the upstream answered {operation_name} with a body that is not JSON 1.1"
+                ) from None
+        out = [f'<{operation_name}Response xmlns="{self.xmlns}"><{operation_name}Result>']
+        if shape is not None:
+            assert isinstance(shape, StructureShape)
+            _render_members(shape, parsed, out)
+        out.append(
+            f"</{operation_name}Result><ResponseMetadata><RequestId>{xml_text(request_id, 'RequestId')}"
+            f"</RequestId></ResponseMetadata></{operation_name}Response>"
+        )
+        return "".join(out).encode("utf-8")
+
+
+def secret_ids(shape: Shape | None, value: Any) -> Iterable[str]:
+    """Every secret a decoded input names: values of the model's secret-id shapes (``SecretIdType``,
+    ``NameType``), wherever they sit (``SecretId``, ``Name``, ``SecretIdList`` members ...)."""
+    if shape is None:
+        return
+    kind = shape.type_name
+    if kind == "structure":
+        assert isinstance(shape, StructureShape)
+        for name, member in shape.members.items():
+            if name in value:
+                yield from secret_ids(member, value[name])
+    elif kind == "list":
+        assert isinstance(shape, ListShape)
+        for item in value:
+            yield from secret_ids(shape.member, item)
+    elif kind == "string" and shape.name in SECRET_ID_SHAPES:
+        yield value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# upstream error bodies
+
+_FALLBACK_CODES = {503: "ServiceUnavailable", 403: "AccessDenied"}
+
+
+def upstream_error(response: UpstreamResponse) -> errors.UpstreamError:
+    """The error an upstream answer carries, per SPEC section 6.
+
+    Code is the JSON ``__type`` (or ``code``) without namespace (``...#``) or ``:`` suffix, the awsQuery-compatible
+    ``x-amzn-query-error`` header when present, or the ``<Code>`` of an XML error body; with none (HTML, empty)
+    ``ServiceUnavailable`` for 503, ``AccessDenied`` for 403, ``InternalFailure`` for other 5xx and
+    ``BadRequest`` for other 4xx. The status is the upstream's.
+    """
+    code: str | None = None
+    message: str | None = None
+    body = response.body
+    stripped = body.lstrip()
+    if stripped.startswith(b"{"):
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            raw = doc.get("__type") or doc.get("code") or doc.get("Code")
+            if isinstance(raw, str) and raw:
+                code = raw.rsplit("#", 1)[-1].split(":", 1)[0]
+            msg = doc.get("message") or doc.get("Message")
+            if isinstance(msg, str):
+                message = msg
+    elif stripped.startswith(b"<"):
+        code, message = _xml_error(body)
+    query_error = response.header("x-amzn-query-error")
+    if query_error:
+        code = query_error.split(";", 1)[0] or code
+    if not code:
+        status = response.status
+        code = _FALLBACK_CODES.get(status) or ("InternalFailure" if status >= 500 else "BadRequest")
+    if not message:
+        message = f"the upstream answered HTTP {response.status}"
+    return errors.UpstreamError(response.status, code, message)
+
+
+def _xml_error(body: bytes) -> tuple[str | None, str | None]:
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None, None
+    code = message = None
+    for el in root.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        if tag == "Code" and code is None:
+            code = (el.text or "").strip() or None
+        elif tag == "Message" and message is None:
+            message = (el.text or "").strip() or None
+    return code, message

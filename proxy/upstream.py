@@ -1,0 +1,143 @@
+"""The transport to the upstream: one aiohttp ClientSession, verified TLS, bounded reads.
+
+``Upstream`` is the seam (httpx's transport pattern): ``send(SignedRequest) -> UpstreamResponse`` and
+``aclose()``. :class:`AiohttpUpstream` is the real one; unit tests of pure pipeline logic may pass another.
+aiohttp's exceptions are translated here, where aiohttp is imported, into the proxy's error tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Protocol
+
+import aiohttp
+
+from . import errors
+from .models import SignedRequest, UpstreamResponse
+
+CHUNK_BYTES = 64 * 1024
+
+_AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
+    # most specific first in the MRO walk of map_exceptions
+    aiohttp.ServerTimeoutError: errors.GatewayTimeout,
+    asyncio.TimeoutError: errors.GatewayTimeout,
+    aiohttp.ClientConnectorCertificateError: errors.BadGateway,
+    aiohttp.ClientSSLError: errors.BadGateway,
+    aiohttp.ClientConnectorError: errors.BadGateway,
+    aiohttp.ServerDisconnectedError: errors.BadGateway,
+    aiohttp.ClientPayloadError: errors.BadGateway,
+    aiohttp.ClientError: errors.BadGateway,
+    ssl.SSLError: errors.BadGateway,
+    ConnectionError: errors.BadGateway,
+    OSError: errors.BadGateway,
+}
+
+
+class Upstream(Protocol):
+    async def start(self) -> None: ...
+
+    async def start(self) -> None:
+        """Open the pooled ClientSession (inside the running loop)."""
+        connector = aiohttp.TCPConnector(
+            ssl=ssl_context(self._ca_bundle),
+            limit=self._pool_size,
+            resolver=self._resolver,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as botocore honours them
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
+        )
+
+    async def send(self, request: SignedRequest) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """A verifying client TLS context: ``ca_bundle`` when given, else the system store. Never unverified."""
+    ctx = ssl.create_default_context(cafile=ca_bundle)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class AiohttpUpstream:
+    """Sends signed requests over one pooled aiohttp ClientSession.
+
+    ``connect_timeout`` and ``read_timeout`` are seconds (``upstream.*_timeout_seconds``); the whole-request
+    deadline is the caller's. ``max_response_bytes`` bounds how much of an answer is read (ResponseTooLarge
+    above it). ``resolver`` is an aiohttp resolver (tests inject one so no DNS query leaves the machine).
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_bundle: str | None,
+        connect_timeout: float,
+        read_timeout: float,
+        max_response_bytes: int,
+        pool_size: int = 100,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
+        user_agent: str = "query-signing-proxy",
+    ) -> None:
+        self._ca_bundle = ca_bundle
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._pool_size = pool_size
+        self._resolver = resolver
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self._max_response_bytes = max_response_bytes
+
+    async def start(self) -> None:
+        """Open the pooled ClientSession (inside the running loop)."""
+        connector = aiohttp.TCPConnector(
+            ssl=ssl_context(self._ca_bundle),
+            limit=self._pool_size,
+            resolver=self._resolver,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as botocore honours them
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
+        )
+
+    async def send(self, request: SignedRequest) -> UpstreamResponse:
+        """Send and read the whole answer (up to ``max_response_bytes``).
+
+        Raises BadGateway (refused, reset, TLS failure, unresolvable host), GatewayTimeout (connect or read
+        deadline), ResponseTooLarge.
+        """
+        assert self._session is not None, "start() first"
+        with errors.map_exceptions(_AIOHTTP_ERRORS, "the upstream request"):
+            async with self._session.request(
+                request.method, request.url, headers=list(request.headers), data=request.body, allow_redirects=False
+            ) as resp:
+                declared = resp.content_length
+                if declared is not None and declared > self._max_response_bytes:
+                    raise errors.ResponseTooLarge(
+                        f"the upstream answer ({declared} bytes) is over limits.max_response_bytes "
+                        f"({self._max_response_bytes})"
+                    )
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                    body += chunk
+                    if len(body) > self._max_response_bytes:
+                        raise errors.ResponseTooLarge(
+                            f"the upstream answer is over limits.max_response_bytes ({self._max_response_bytes})"
+                        )
+                return UpstreamResponse(resp.status, tuple(resp.headers.items()), bytes(body))
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,105 @@
+"""The HTTP rules every Query request passes before its body is read: small ordered rules, each raising one
+error (the Secrets Manager Agent's ``validate_*`` pattern). Sources: SPEC sections 4 and 6.
+
+Order matters and is fixed by :data:`RULES`: the Host header first (DNS rebinding), then the path, the
+method, the request-target length and the content type.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import errors
+from .config import Config
+from .models import RequestHead
+
+QUERY_PATH = "/"
+FORM_TYPE = "application/x-www-form-urlencoded"
+JSON_TYPE = "application/x-amz-json-1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    """What the rules need from the config, prepared once."""
+
+    allowed_hosts: frozenset[str]
+    max_get_url_bytes: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> RuleSettings:
+        return cls(
+            allowed_hosts=frozenset(h.lower() for h in cfg.listen.allowed_hosts),
+            max_get_url_bytes=cfg.limits.max_get_url_bytes,
+        )
+
+
+Rule = Callable[[RequestHead, RuleSettings], None]
+
+
+def host_name(host: str) -> str:
+    """The Host header without its port: ``127.0.0.1:8977`` -> ``127.0.0.1``, ``[::1]:8977`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
+    """Loopback addresses, ``localhost`` and ``listen.allowed_hosts`` entries, with any port (SPEC section 4)."""
+    if not host:
+        return False
+    name = host_name(host.strip()).lower().rstrip(".")
+    if name == "localhost" or name in allowed:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(head: RequestHead, settings: RuleSettings) -> None:
+    if not host_allowed(head.host, settings.allowed_hosts):
+        raise errors.AccessDenied(
+            "the Host header is not a loopback address, localhost or in listen.allowed_hosts"
+        )
+
+
+def check_path(head: RequestHead, settings: RuleSettings) -> None:
+    if head.path != QUERY_PATH:
+        raise errors.NotFound("the Query API is served at / only")
+
+
+def check_method(head: RequestHead, settings: RuleSettings) -> None:
+    if head.method not in ("GET", "POST"):
+        raise errors.MethodNotAllowed(f"{head.method} is not allowed: use GET or POST")
+
+
+def check_target_length(head: RequestHead, settings: RuleSettings) -> None:
+    size = len(head.target.encode("utf-8", "surrogateescape"))
+    if size > settings.max_get_url_bytes:
+        raise errors.RequestURITooLong(
+            f"the request target is {size} bytes, over limits.max_get_url_bytes ({settings.max_get_url_bytes}); "
+            "send the parameters as a form POST body instead"
+        )
+
+
+def check_content_type(head: RequestHead, settings: RuleSettings) -> None:
+    if head.method != "POST" or head.content_type == FORM_TYPE:
+        return
+    if head.content_type == JSON_TYPE and head.has_amz_target:
+        raise errors.UnsupportedMediaType("AWS JSON 1.1 (SDK) requests are not served by this listener")
+    raise errors.UnsupportedMediaType(
+        f"POST bodies must be {FORM_TYPE}, got {head.content_type or 'no Content-Type'}"
+    )
+
+
+RULES: tuple[Rule, ...] = (check_host, check_path, check_method, check_target_length, check_content_type)
+
+
+def check_head(head: RequestHead, settings: RuleSettings) -> None:
+    """Apply :data:`RULES` in order; the first failing rule's error is raised."""
+    for rule in RULES:
+        rule(head, settings)
