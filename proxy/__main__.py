@@ -56,10 +56,8 @@ def check_config(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load(args.path)
-        from .app import botocore_session, build_service
-        from .credentials import static_fetch
-        from .app import Shared, Lifecycle
-        from .credentials import CredentialManager
+        from .app import Lifecycle, Shared, botocore_session, build_service
+        from .credentials import CredentialManager, static_fetch
         from .metrics import Metrics
 
         shared = Shared(cfg, CredentialManager(static_fetch("check", "check")), Metrics.create(), Lifecycle())

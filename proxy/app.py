@@ -29,7 +29,7 @@ from .credentials import CredentialManager, Fetch, build_fetch
 from .endpoints import resolve_endpoint
 from .handler import SERVICE, handle_query
 from .metrics import CONTENT_TYPE, Metrics
-from .middleware import query_middleware
+from .middleware import ADMIN_ROUTE, query_middleware
 from .policy import Policy
 from .service import Service
 from .translate import InputLimits, Translator
@@ -153,9 +153,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     shared = app[SHARED]
     service = app[SERVICE]
     await service.upstream.start()
-    shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(
-        result=result
-    ).inc()
+    shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(lambda: _expiry_seconds(shared.credentials))
     await shared.credentials.start()
     try:
@@ -198,9 +196,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz, allow_head=True)
-    app.router.add_get("/readyz", readyz, allow_head=True)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz, allow_head=True, name=f"{ADMIN_ROUTE}healthz")
+    app.router.add_get("/readyz", readyz, allow_head=True, name=f"{ADMIN_ROUTE}readyz")
+    app.router.add_get("/metrics", metrics, name=f"{ADMIN_ROUTE}metrics")
 
 
 def create_admin_app(shared: Shared) -> web.Application:

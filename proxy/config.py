@@ -350,9 +350,7 @@ def dump_effective(cfg: Config) -> str:
 
     def redact(node: Any) -> Any:
         if isinstance(node, dict):
-            return {
-                k: ("<redacted>" if k in REDACTED_KEYS and v is not None else redact(v)) for k, v in node.items()
-            }
+            return {k: ("<redacted>" if k in REDACTED_KEYS and v is not None else redact(v)) for k, v in node.items()}
         if isinstance(node, list):
             return [redact(v) for v in node]
         return node

@@ -94,7 +94,7 @@ def _epoch(value: Any) -> float | None:
     else:
         stamp = parse_timestamp(value)
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+        stamp = stamp.replace(tzinfo=datetime.UTC)
     return stamp.timestamp()
 
 
@@ -125,6 +125,8 @@ def source_fetch(session: botocore.session.Session, clock: Callable[[], float] =
             raise
         except tuple(_BOTOCORE_ERRORS) as exc:
             raise errors.CredentialsUnavailable(f"source credentials failed: {_describe(exc)}") from exc
+        if not frozen.access_key or not frozen.secret_key:
+            raise errors.CredentialsUnavailable("the source credentials have no access key or secret key")
         expiry = _epoch(getattr(creds, "_expiry_time", None))
         return Snapshot(frozen.access_key, frozen.secret_key, frozen.token, expiry, clock())
 
@@ -287,7 +289,10 @@ class CredentialManager:
         self.last_error = None
         log.info(
             "credentials refreshed",
-            extra={"access_key_id": mask(snap.access_key), "expires_in_seconds": _remaining(snap, self._clock())},
+            extra={
+                "access_key_id": mask(snap.access_key),
+                "expires_in_seconds": _remaining(snap, self._clock()),
+            },
         )
         self.on_refresh("success", snap)
         return snap

@@ -40,7 +40,6 @@ class ProxyError(Exception):
         super().__init__(message)
         self.message = message
 
-
     @property
     def fault(self) -> str:
         """``Sender`` for 4xx, ``Receiver`` for 5xx (SPEC section 6)."""

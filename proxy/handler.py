@@ -9,6 +9,7 @@ from aiohttp import web
 
 from . import errors
 from .middleware import XML_TYPE, RequestContext, context
+from .models import UpstreamResponse
 from .parse import read_query, request_head
 from .service import Service
 from .signing import sign
@@ -35,7 +36,9 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     return web.Response(body=document, content_type=XML_TYPE, headers={"x-amzn-RequestId": ctx.request_id})
 
 
-async def send_upstream(service: Service, ctx: RequestContext, headers: dict[str, str], body: bytes):  # type: ignore[no-untyped-def]
+async def send_upstream(
+    service: Service, ctx: RequestContext, headers: dict[str, str], body: bytes
+) -> UpstreamResponse:
     """Sign with the current credentials and send, within ``upstream.total_timeout_seconds``.
 
     Records the attempt, the upstream status and the upstream's request id on ``ctx``.

@@ -103,8 +103,17 @@ class MotoServer:
         with open(self._log, "wb") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-c", "from moto.server import main; main()",
-                    "-H", "127.0.0.1", "-p", str(self.port), "-c", self.cert_file, "-k", self.key_file,
+                    sys.executable,
+                    "-c",
+                    "from moto.server import main; main()",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    self.cert_file,
+                    "-k",
+                    self.key_file,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -175,7 +184,10 @@ def seed_demo(moto: MotoServer, secrets: dict[str, str] | None = None) -> DemoAc
         UserName=DEMO_USER,
         PolicyName="assume-demo-role",
         PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
+            }
         ),
     )
     key = iam.create_access_key(UserName=DEMO_USER)["AccessKey"]
@@ -198,7 +210,10 @@ def seed_demo(moto: MotoServer, secrets: dict[str, str] | None = None) -> DemoAc
         RoleName=DEMO_ROLE,
         PolicyName="secrets",
         PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}]}
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}],
+            }
         ),
     )
     sm = moto.client("secretsmanager")

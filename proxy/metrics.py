@@ -27,24 +27,37 @@ class Metrics:
         return cls(
             registry=r,
             requests=Counter(
-                f"{PREFIX}_requests", "Query requests answered, by action and error code", ["action", "code"],
+                f"{PREFIX}_requests",
+                "Query requests answered, by action and error code",
+                ["action", "code"],
                 registry=r,
             ),
             request_duration=Histogram(
-                f"{PREFIX}_request_duration_seconds", "Time to answer a request", ["action"], registry=r,
+                f"{PREFIX}_request_duration_seconds",
+                "Time to answer a request",
+                ["action"],
+                registry=r,
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             ),
             upstream_duration=Histogram(
-                f"{PREFIX}_upstream_duration_seconds", "Time of one upstream attempt", ["action"], registry=r,
+                f"{PREFIX}_upstream_duration_seconds",
+                "Time of one upstream attempt",
+                ["action"],
+                registry=r,
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             ),
             upstream_attempts=Histogram(
-                f"{PREFIX}_upstream_attempts", "Upstream attempts per request", ["action"], registry=r,
+                f"{PREFIX}_upstream_attempts",
+                "Upstream attempts per request",
+                ["action"],
+                registry=r,
                 buckets=(1, 2, 3, 4, 5, 10),
             ),
             in_flight=Gauge(f"{PREFIX}_requests_in_flight", "Query requests being answered", registry=r),
             credential_expiry=Gauge(
-                f"{PREFIX}_credential_expiry_seconds", "Seconds until the signing credentials expire", registry=r
+                f"{PREFIX}_credential_expiry_seconds",
+                "Seconds until the signing credentials expire",
+                registry=r,
             ),
             credential_refreshes=Counter(
                 f"{PREFIX}_credential_refreshes", "Credential refreshes, by result", ["result"], registry=r

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import errors
 from .metrics import Metrics
@@ -24,6 +25,7 @@ access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy")
 
 XML_TYPE = "text/xml"
+ADMIN_ROUTE = "admin-"  # name prefix of /healthz, /readyz, /metrics: not Query requests
 _MESSAGE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#xD;"})
 
 
@@ -79,13 +81,16 @@ _HTTP_ERRORS: dict[int, type[errors.ProxyError]] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def query_middleware(metrics: Metrics, max_concurrent: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
     """The middleware for a Query listener; ``max_concurrent`` is ``limits.max_concurrent_requests``."""
     in_flight = 0
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
+        route_name = request.match_info.route.name
+        if route_name is not None and route_name.startswith(ADMIN_ROUTE):
+            return await handler(request)
         ctx = RequestContext()
         request[CONTEXT] = ctx
         started = time.perf_counter()
@@ -110,9 +115,7 @@ def query_middleware(metrics: Metrics, max_concurrent: int) -> Callable[[web.Req
             status, code = exc.status, exc.code
         except web.HTTPException as exc:
             cls = _HTTP_ERRORS.get(exc.status)
-            err: errors.ProxyError = (
-                cls(exc.reason) if cls is not None else errors.ProxyError(f"HTTP {exc.status}")
-            )
+            err: errors.ProxyError = cls(exc.reason) if cls is not None else errors.ProxyError(f"HTTP {exc.status}")
             response = error_response(err, ctx.request_id)
             status, code = err.status, err.code
         except asyncio.CancelledError:

@@ -65,9 +65,7 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
 
     Raises RequestEntityTooLarge as soon as the announced length or the bytes read pass the limit.
     """
-    too_large = errors.RequestEntityTooLarge(
-        f"the request body is over limits.max_body_bytes ({max_body_bytes} bytes)"
-    )
+    too_large = errors.RequestEntityTooLarge(f"the request body is over limits.max_body_bytes ({max_body_bytes} bytes)")
     declared = request.content_length
     if declared is not None and declared > max_body_bytes:
         raise too_large

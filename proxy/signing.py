@@ -44,7 +44,7 @@ def sign(
     SigV4Auth(creds, endpoint.signing_name, endpoint.region).add_auth(request)
     return SignedRequest(
         method=method,
-        url=request.url,
+        url=endpoint.url + path,
         headers=tuple((str(k), str(v)) for k, v in request.headers.items()),
         body=body,
     )

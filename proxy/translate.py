@@ -31,9 +31,8 @@ from functools import cached_property
 from typing import Any
 from xml.etree import ElementTree
 
-from botocore.parsers import ResponseParserError
 from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Shape, StructureShape
-from botocore.parsers import JSONParser
+from botocore.parsers import JSONParser, ResponseParserError
 from botocore.serialize import JSONSerializer
 from botocore.utils import parse_timestamp
 
@@ -310,12 +309,12 @@ def iso8601(value: Any) -> str:
     if isinstance(value, datetime.datetime):
         stamp = value
     elif isinstance(value, (int, float)):
-        stamp = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+        stamp = datetime.datetime.fromtimestamp(value, datetime.UTC)
     else:
         stamp = parse_timestamp(value)
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-    stamp = stamp.astimezone(datetime.timezone.utc)
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    stamp = stamp.astimezone(datetime.UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
@@ -418,13 +417,9 @@ class Translator:
             raise errors.MissingAction("the request has no Action parameter (e.g. Action=GetSecretValue)")
         op = self._operations.get(action)
         if op is None:
-            raise errors.InvalidAction(
-                f"{_show(action)} is not an operation of {self.service_model.service_name}"
-            )
+            raise errors.InvalidAction(f"{_show(action)} is not an operation of {self.service_model.service_name}")
         if version is not None and version != self.api_version:
-            raise errors.NoSuchVersion(
-                f"Version {_show(version)} is not supported; use Version={self.api_version}"
-            )
+            raise errors.NoSuchVersion(f"Version {_show(version)} is not supported; use Version={self.api_version}")
         return op
 
     def decode(self, action: str, version: str | None, params: Iterable[tuple[str, str]]) -> Operation:
@@ -456,7 +451,11 @@ class Translator:
         if shape is not None:
             try:
                 parsed = self._parser.parse(
-                    {"status_code": response.status, "headers": dict(response.headers), "body": response.body},
+                    {
+                        "status_code": response.status,
+                        "headers": dict(response.headers),
+                        "body": response.body,
+                    },
                     shape,
                 )
             except (ResponseParserError, ValueError, TypeError, AttributeError):

@@ -37,23 +37,6 @@ _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
 class Upstream(Protocol):
     async def start(self) -> None: ...
 
-    async def start(self) -> None:
-        """Open the pooled ClientSession (inside the running loop)."""
-        connector = aiohttp.TCPConnector(
-            ssl=ssl_context(self._ca_bundle),
-            limit=self._pool_size,
-            resolver=self._resolver,
-            ttl_dns_cache=60,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,
-            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as botocore honours them
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-            headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
-        )
-
     async def send(self, request: SignedRequest) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
@@ -120,7 +103,11 @@ class AiohttpUpstream:
         assert self._session is not None, "start() first"
         with errors.map_exceptions(_AIOHTTP_ERRORS, "the upstream request"):
             async with self._session.request(
-                request.method, request.url, headers=list(request.headers), data=request.body, allow_redirects=False
+                request.method,
+                request.url,
+                headers=list(request.headers),
+                data=request.body,
+                allow_redirects=False,
             ) as resp:
                 declared = resp.content_length
                 if declared is not None and declared > self._max_response_bytes:

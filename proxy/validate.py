@@ -62,9 +62,7 @@ def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
 
 def check_host(head: RequestHead, settings: RuleSettings) -> None:
     if not host_allowed(head.host, settings.allowed_hosts):
-        raise errors.AccessDenied(
-            "the Host header is not a loopback address, localhost or in listen.allowed_hosts"
-        )
+        raise errors.AccessDenied("the Host header is not a loopback address, localhost or in listen.allowed_hosts")
 
 
 def check_path(head: RequestHead, settings: RuleSettings) -> None:
@@ -91,9 +89,7 @@ def check_content_type(head: RequestHead, settings: RuleSettings) -> None:
         return
     if head.content_type == JSON_TYPE and head.has_amz_target:
         raise errors.UnsupportedMediaType("AWS JSON 1.1 (SDK) requests are not served by this listener")
-    raise errors.UnsupportedMediaType(
-        f"POST bodies must be {FORM_TYPE}, got {head.content_type or 'no Content-Type'}"
-    )
+    raise errors.UnsupportedMediaType(f"POST bodies must be {FORM_TYPE}, got {head.content_type or 'no Content-Type'}")
 
 
 RULES: tuple[Rule, ...] = (check_host, check_path, check_method, check_target_length, check_content_type)

@@ -1,0 +1,113 @@
+"""Shared fixtures: a clean AWS environment, moto's server over TLS with signature checking on, the proxy
+on a real port, and the legacy (awsQuery, unsigned) client."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from proxy.app import create_app
+from proxy.local import REGION, DemoAccount, MotoServer, seed_demo
+from tests.support import ServerThread, legacy_client, proxy_config
+
+
+@pytest.fixture(autouse=True)
+def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No ``AWS_*`` from the developer's shell, no ~/.aws files, never instance metadata."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    empty = tmp_path_factory.getbasetemp() / "no-aws-config"
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+
+
+class Emulator:
+    """moto's server plus the seeded identities: ``demo`` (may assume the demo role) and an admin user for
+    direct (JSON 1.1, signed) calls that bypass the proxy."""
+
+    def __init__(self, server: MotoServer, demo: DemoAccount, admin_key: dict[str, str]) -> None:
+        self.server = server
+        self.demo = demo
+        self.admin_key = admin_key
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ca_file(self) -> str:
+        return self.server.ca_file
+
+    def direct(self, service: str = "secretsmanager") -> Any:
+        """A signed botocore JSON client straight to the emulator, as the admin user."""
+        return self.server.client(service, self.admin_key["AccessKeyId"], self.admin_key["SecretAccessKey"])
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    server = MotoServer(str(tmp_path_factory.mktemp("moto")))
+    server.start()
+    try:
+        demo = seed_demo(server)
+        iam = server.client("iam")
+        iam.create_user(UserName="test-admin")
+        iam.put_user_policy(
+            UserName="test-admin",
+            PolicyName="all",
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+            ),
+        )
+        admin_key = iam.create_access_key(UserName="test-admin")["AccessKey"]
+        server.set_auth(True)
+        yield Emulator(server, demo, admin_key)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def demo_env(monkeypatch: pytest.MonkeyPatch, emulator: Emulator) -> None:
+    """The environment a pod would have: the demo user's keys as source credentials, STS at the emulator."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", emulator.demo.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", emulator.demo.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", emulator.url)
+    monkeypatch.setenv("AWS_CA_BUNDLE", emulator.ca_file)
+    monkeypatch.setenv("AWS_REGION", REGION)
+
+
+StartProxy = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def start_proxy(emulator: Emulator, demo_env: None) -> Iterator[StartProxy]:
+    """``start_proxy(**sections)`` runs the proxy (assuming the demo role) against the emulator on a real
+    port; ``sections`` override the config (``policy={"allow_actions": ["*"]}``). Stopped after the test."""
+    started: list[ServerThread] = []
+
+    def start(**sections: Any) -> ServerThread:
+        cfg = proxy_config(emulator.server, **sections)
+        server = ServerThread(lambda: create_app(cfg)).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def proxy(start_proxy: StartProxy) -> ServerThread:
+    """The proxy with every action allowed."""
+    return start_proxy(policy={"allow_actions": ["*"]})
+
+
+@pytest.fixture
+def legacy(proxy: ServerThread, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The legacy app: botocore speaking awsQuery, unsigned, to the proxy."""
+    return legacy_client(proxy.url, str(tmp_path_factory.getbasetemp()))
