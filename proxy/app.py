@@ -24,6 +24,7 @@ import botocore.session
 from aiohttp import web
 
 from . import __version__
+from .attempts import AttemptPolicy
 from .config import Config, ConfigError, is_loopback
 from .credentials import CredentialManager, Fetch, build_fetch
 from .endpoints import resolve_endpoint
@@ -146,6 +147,8 @@ def build_service(
         rules=RuleSettings.from_config(cfg),
         upstream=upstream,
         credentials=shared.credentials,
+        attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
+        metrics=shared.metrics,
     )
 
 

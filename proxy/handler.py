@@ -3,13 +3,12 @@ send -> relay. Each stage is a call into its own module; this file only sequence
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
-from . import errors
+from .attempts import AttemptRecord, send_with_retries
+from .credentials import Snapshot
 from .middleware import XML_TYPE, RequestContext, context
-from .models import UpstreamResponse
+from .models import Operation, SignedRequest, UpstreamResponse
 from .parse import read_query, request_head
 from .service import Service
 from .signing import sign
@@ -29,7 +28,7 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
     service.policy.check(operation)
     headers, body = service.translator.json_request(operation)
-    response = await send_upstream(service, ctx, headers, body)
+    response = await send_upstream(service, ctx, operation, headers, body)
     if response.status >= 300:
         raise upstream_error(response)
     document = service.translator.render_result(operation.name, response, ctx.request_id)
@@ -37,23 +36,31 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
 
 
 async def send_upstream(
-    service: Service, ctx: RequestContext, headers: dict[str, str], body: bytes
+    service: Service, ctx: RequestContext, operation: Operation, headers: dict[str, str], body: bytes
 ) -> UpstreamResponse:
-    """Sign with the current credentials and send, within ``upstream.total_timeout_seconds``.
+    """Sign with the current credentials and send, with retries (:mod:`proxy.attempts`).
 
-    Records the attempt, the upstream status and the upstream's request id on ``ctx``.
+    Records the attempts, the upstream status and the upstream's request id on ``ctx``.
     """
-    creds = await service.credentials.get()
-    signed = sign(method="POST", endpoint=service.endpoint, headers=headers, body=body, credentials=creds)
-    ctx.attempts += 1
+    record = AttemptRecord()
+
+    def build(creds: Snapshot) -> SignedRequest:
+        return sign(method="POST", endpoint=service.endpoint, headers=headers, body=body, credentials=creds)
+
     try:
-        async with asyncio.timeout(service.upstream_cfg.total_timeout_seconds):
-            response = await service.upstream.send(signed)
-    except TimeoutError:
-        raise errors.GatewayTimeout(
-            f"the upstream did not answer within upstream.total_timeout_seconds "
-            f"({service.upstream_cfg.total_timeout_seconds:g} s)"
-        ) from None
+        response = await send_with_retries(
+            send=service.upstream.send,
+            build=build,
+            credentials_get=service.credentials.get,
+            credentials_refresh=service.credentials.refresh,
+            policy=service.attempts,
+            retryable=operation.retryable,
+            record=record,
+        )
+    finally:
+        ctx.attempts = record.attempts
+        service.metrics.upstream_attempts.labels(action=operation.name).observe(record.attempts)
+        service.metrics.upstream_duration.labels(action=operation.name).observe(record.upstream_seconds)
     ctx.upstream_status = response.status
     upstream_id = response.header("x-amzn-RequestId")
     if upstream_id:

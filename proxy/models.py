@@ -27,12 +27,15 @@ class QueryRequest:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """A validated, typed operation input: the operation name and its input as botocore-shaped data."""
+    """A validated, typed operation input: the operation name and its input as botocore-shaped data.
+
+    ``retryable`` is SPEC section 5's rule: a read, or a write that carries an idempotency token."""
 
     name: str
     input: dict[str, Any]
     secret_ids: tuple[str, ...]
     is_read: bool
+    retryable: bool
 
 
 @dataclass(frozen=True, slots=True)

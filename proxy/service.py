@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .attempts import AttemptPolicy
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
+from .metrics import Metrics
 from .models import Endpoint
 from .policy import Policy
 from .translate import Translator
@@ -24,3 +26,5 @@ class Service:
     rules: RuleSettings
     upstream: Upstream
     credentials: CredentialManager
+    attempts: AttemptPolicy
+    metrics: Metrics

@@ -431,6 +431,7 @@ class Translator:
             input=data,
             secret_ids=tuple(secret_ids(op.input_shape, data)),
             is_read=is_read_operation(op.name),
+            retryable=is_read_operation(op.name) or bool(op.idempotent_members),
         )
 
     def json_request(self, operation: Operation) -> tuple[dict[str, str], bytes]:

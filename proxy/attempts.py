@@ -1,0 +1,155 @@
+"""Upstream attempts: sign, send, classify the answer, and retry as botocore's *standard* retry mode does.
+
+Source: botocore ``retries/standard.py`` and the AWS SDKs' "Retry behavior" reference
+(docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html): ``upstream.max_attempts`` attempts in
+all; transient errors (HTTP 500/502/503/504, connection failures, timeouts) and throttling error codes are
+retried with exponential backoff and full jitter (``random() * min(2 ** (attempt - 1), 20)`` seconds), the
+whole bounded by ``upstream.total_timeout_seconds``. Each attempt is signed afresh.
+
+Which requests may be retried is SPEC section 5's rule (reads, or writes carrying an idempotency token); a
+rejection of the credentials themselves (expired or revoked early) is answered before anything ran, so it
+is retried once for any operation after one forced credential refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from . import errors
+from .credentials import Snapshot
+from .models import SignedRequest, UpstreamResponse
+from .translate import upstream_error
+
+log = logging.getLogger("proxy.attempts")
+
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+EXPIRED_CREDENTIAL_CODES = frozenset(
+    {"ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException"}
+)
+MAX_BACKOFF_SECONDS = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPolicy:
+    """``max_attempts`` (all attempts), ``total_timeout`` (seconds, all attempts and backoff)."""
+
+    max_attempts: int
+    total_timeout: float
+
+
+def classify(response: UpstreamResponse) -> str | None:
+    """``"expired"``, ``"throttled"``, ``"transient"`` or None (success or a final error)."""
+    if response.status < 300:
+        return None
+    code = upstream_error(response).code
+    if code in EXPIRED_CREDENTIAL_CODES:
+        return "expired"
+    if code in THROTTLING_CODES or response.status == 429:
+        return "throttled"
+    if code in TRANSIENT_CODES or response.status in TRANSIENT_STATUS:
+        return "transient"
+    return None
+
+
+def backoff_seconds(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff before attempt ``attempt + 1`` (botocore standard mode)."""
+    return float(rand() * min(2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS))
+
+
+@dataclass
+class AttemptRecord:
+    """What the attempts did, for the log line and the metrics."""
+
+    attempts: int = 0
+    upstream_seconds: float = 0.0
+
+
+async def send_with_retries(
+    *,
+    send: Callable[[SignedRequest], Awaitable[UpstreamResponse]],
+    build: Callable[[Snapshot], SignedRequest],
+    credentials_get: Callable[[], Awaitable[Snapshot]],
+    credentials_refresh: Callable[[], Awaitable[Snapshot]],
+    policy: AttemptPolicy,
+    retryable: bool,
+    record: AttemptRecord,
+) -> UpstreamResponse:
+    """Run attempts until an answer that is final, the attempts are spent or the deadline passes.
+
+    ``send`` is the transport's coroutine function, ``build`` signs a fresh request from a credential snapshot.
+    Returns the last upstream answer (success or error). Raises GatewayTimeout when the total deadline
+    passes, BadGateway for a connection failure on the last attempt, CredentialsUnavailable.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + policy.total_timeout
+    refreshed = False
+    while True:
+        record.attempts += 1
+        attempt = record.attempts
+        try:
+            async with asyncio.timeout_at(deadline):
+                creds = await credentials_get()
+                signed = build(creds)
+                started = time.perf_counter()
+                try:
+                    response = await send(signed)
+                finally:
+                    record.upstream_seconds += time.perf_counter() - started
+        except TimeoutError:
+            raise errors.GatewayTimeout(
+                f"the upstream did not answer within upstream.total_timeout_seconds ({policy.total_timeout:g} s)"
+            ) from None
+        except (errors.BadGateway, errors.GatewayTimeout) as exc:
+            if not retryable or attempt >= policy.max_attempts:
+                raise
+            if not await _pause(backoff_seconds(attempt), deadline, loop):
+                raise
+            log.info("retrying after a transport failure", extra={"attempt": attempt, "error": exc.code})
+            continue
+        kind = classify(response)
+        if kind is None or attempt >= policy.max_attempts:
+            return response
+        if kind == "expired":
+            if refreshed:
+                return response
+            refreshed = True
+            log.warning("the upstream rejected the credentials; refreshing once and retrying")
+            await credentials_refresh()
+            continue
+        if not retryable:
+            return response
+        if not await _pause(backoff_seconds(attempt), deadline, loop):
+            return response
+        log.info("retrying", extra={"attempt": attempt, "reason": kind, "upstream_status": response.status})
+
+
+async def _pause(delay: float, deadline: float, loop: asyncio.AbstractEventLoop) -> bool:
+    """Sleep ``delay`` seconds unless that would pass the deadline; False when there is no time left."""
+    if loop.time() + delay >= deadline:
+        return False
+    await asyncio.sleep(delay)
+    return True
