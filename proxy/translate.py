@@ -449,6 +449,9 @@ class Translator:
         op = self._operations[operation_name]
         shape = op.output_shape
         parsed: dict[str, Any] = {}
+        stripped = response.body.strip()
+        if stripped and not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+            raise errors.BadGateway(f"the upstream answered {operation_name} with a body that is not JSON 1.1")
         if shape is not None:
             try:
                 parsed = self._parser.parse(
