@@ -1,0 +1,116 @@
+"""The command line as a user runs it (SPEC section 2): real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from xml.etree import ElementTree
+
+from proxy import __version__
+from proxy.local import DEMO_SECRET_VALUE, clean_aws_environ
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "proxy"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env=env or clean_aws_environ(), cwd=ROOT
+    )
+
+
+def test_version() -> None:
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"query-signing-proxy {__version__}"
+
+
+def test_check_config_prints_the_effective_config() -> None:
+    out = run("check-config", "config/proxy.yaml", env={**clean_aws_environ(), "AWS_REGION": "eu-central-1"})
+    assert out.returncode == 0, out.stderr
+    assert "region: eu-central-1" in out.stdout and "max_get_url_bytes: 2048" in out.stdout
+
+
+def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstream:\n  region: us-east-1\n  max_attempts: 0\n")
+    out = run("check-config", str(bad))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "upstream.max_attempts: must be at least 1" in lines[0]
+
+
+def test_check_config_rejects_an_unknown_operation_in_the_policy(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstream: {region: us-east-1}\npolicy: {allow_actions: [GetSecretValu]}\n")
+    out = run("check-config", str(bad))
+    assert out.returncode == 2 and "policy.allow_actions[0]" in out.stderr
+
+
+def test_serving_with_a_bad_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: {port: 70000}\n")
+    out = run("--config", str(bad))
+    assert out.returncode == 2 and "listen.port" in out.stderr
+
+
+def test_no_region_exits_2() -> None:
+    out = run("--listen", "127.0.0.1:0")
+    assert out.returncode == 2 and "upstream.region" in out.stderr
+
+
+def test_bad_listen_exits_2() -> None:
+    out = run("--listen", "nonsense", env={**clean_aws_environ(), "AWS_REGION": "us-east-1"})
+    assert out.returncode == 2 and "--listen" in out.stderr
+
+
+def read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeout: float) -> re.Match[bytes]:
+    """Read the child's stdout until ``pattern`` appears (polling the pipe; no fixed sleeps)."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sel.select(timeout=0.5):
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+            m = pattern.search(seen)
+            if m:
+                return m
+    raise AssertionError(f"pattern not seen; stdout so far: {seen!r}")
+
+
+def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
+    """SPEC section 8, as the README runs it: the printed curl URL answers GetSecretValueResponse XML."""
+    proc = subprocess.Popen(
+        [*CLI, "local", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=clean_aws_environ(),
+        cwd=ROOT,
+    )
+    try:
+        m = read_until(proc, re.compile(rb"curl -s '([^']+)'"), timeout=120)
+        url = m.group(1).decode()
+        assert url.startswith("http://127.0.0.1:") and "Action=GetSecretValue" in url
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"] == "text/xml"
+            root = ElementTree.fromstring(resp.read())
+        ns = "{https://secretsmanager.amazonaws.com/doc/2017-10-17/}"
+        assert root.tag == f"{ns}GetSecretValueResponse"
+        assert root.findtext(f"{ns}GetSecretValueResult/{ns}SecretString") == DEMO_SECRET_VALUE
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
