@@ -25,7 +25,7 @@ from aiohttp import web
 
 from . import __version__
 from .attempts import AttemptPolicy
-from .config import Config, ConfigError, is_loopback
+from .config import Config, ConfigError, is_loopback, redacted
 from .credentials import CredentialManager, Fetch, build_fetch
 from .endpoints import resolve_endpoint
 from .handler import SERVICE, handle_query
@@ -262,6 +262,7 @@ async def serve(
     once, requests are still accepted for ``shutdown_delay_seconds``, then the listeners close and in-flight
     requests finish within ``shutdown_grace_seconds``.
     """
+    log.debug("effective configuration", extra={"config": redacted(cfg)})
     if cfg.upstream.allow_insecure_http:
         log.warning("upstream.allow_insecure_http is set: the upstream may be reached without TLS")
     app = app or create_app(cfg)

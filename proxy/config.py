@@ -344,9 +344,8 @@ def to_plain(cfg: Any) -> Any:
 REDACTED_KEYS = frozenset({"external_id"})
 
 
-def dump_effective(cfg: Config) -> str:
-    """The effective config as YAML, with values that are secrets redacted (``check-config``)."""
-    plain = to_plain(cfg)
+def redacted(cfg: Config) -> Any:
+    """The effective config as plain data, with values that are secrets redacted (``check-config``, logs)."""
 
     def redact(node: Any) -> Any:
         if isinstance(node, dict):
@@ -355,4 +354,9 @@ def dump_effective(cfg: Config) -> str:
             return [redact(v) for v in node]
         return node
 
-    return yaml.safe_dump(redact(plain), sort_keys=False, default_flow_style=False)
+    return redact(to_plain(cfg))
+
+
+def dump_effective(cfg: Config) -> str:
+    """The effective config as YAML, with values that are secrets redacted (``check-config``)."""
+    return yaml.safe_dump(redacted(cfg), sort_keys=False, default_flow_style=False)
