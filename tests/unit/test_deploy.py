@@ -236,3 +236,5 @@ def test_service_account_and_image(overlay: str) -> None:
     else:
         assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     assert proxy_container(pod_of(overlay))["image"] == f"{PROXY}:{__version__}"
+    # only the proxy gets the web identity token and AWS_* variables from the EKS webhook
+    assert pod_of(overlay)["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"] == "app"
