@@ -23,7 +23,7 @@ LEVELS = ("debug", "info", "warning", "error")
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", help="listen address, e.g. 127.0.0.1:8977 or [::1]:8977")
-    parser.add_argument("--log-level", choices=LEVELS, default="info", help="log level (default: info)")
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, default="info", help="log level (default: info)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ class Metrics:
             ),
             upstream_duration=Histogram(
                 f"{PREFIX}_upstream_duration_seconds",
-                "Time of one upstream attempt",
+                "Time spent waiting on the upstream for one request, all attempts",
                 ["action"],
                 registry=r,
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
