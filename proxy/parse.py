@@ -125,4 +125,5 @@ def request_head(request: web.Request) -> RequestHead:
         host=request.headers.get("Host"),
         content_type=request.content_type if request.body_exists or request.method == "POST" else "",
         has_amz_target="X-Amz-Target" in request.headers,
+        headers=request.headers,
     )
