@@ -123,12 +123,12 @@ class RecordingUpstream:
         self._server.__exit__(*exc)
 
 
-def recorder_config(upstream: RecordingUpstream, **sections: Any) -> Config:
-    """A proxy Config against ``upstream``: its URL and CA, no role (credentials are passed to create_app), port
+def recorder_config(recorder: RecordingUpstream, **sections: Any) -> Config:
+    """A proxy Config against ``recorder``: its URL and CA, no role (credentials are passed to create_app), port
     0; ``sections`` are merged over it."""
     data: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
-        "upstream": {"region": "us-east-1", "endpoint_url": upstream.url, "ca_bundle": upstream.ca_file},
+        "upstream": {"region": "us-east-1", "endpoint_url": recorder.url, "ca_bundle": recorder.ca_file},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
