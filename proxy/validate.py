@@ -2,8 +2,8 @@
 error (the Secrets Manager Agent's ``validate_*`` pattern). Sources: SPEC sections 4 and 6.
 
 Order matters and is fixed by :data:`RULES`: the Host header first (DNS rebinding), then the caller token
-(``policy.token_header``), the path, the method, the request-target length and the content type. None of them
-reads the body; the body's size rule is :func:`proxy.parse.read_body`'s.
+(``policy.token_header``), the path, the method, the request-target length, the content type and the content
+encoding. None of them reads the body; the body's size rule is :func:`proxy.parse.read_body`'s.
 """
 
 from __future__ import annotations
@@ -108,7 +108,27 @@ def check_content_type(head: RequestHead, settings: RuleSettings) -> None:
     raise errors.UnsupportedMediaType(f"POST bodies must be {FORM_TYPE}, got {head.content_type or 'no Content-Type'}")
 
 
-RULES: tuple[Rule, ...] = (check_host, check_token, check_path, check_method, check_target_length, check_content_type)
+def check_content_encoding(head: RequestHead, settings: RuleSettings) -> None:
+    """A POST body is read as sent: a compressed one (``Content-Encoding: gzip`` ...) is refused before it is
+    read, so no decompression runs on the app's bytes."""
+    if head.method != "POST":
+        return
+    encoding = head.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise errors.UnsupportedMediaType(
+            f"request bodies must not be compressed (Content-Encoding: {encoding[:40]}); send the form as it is"
+        )
+
+
+RULES: tuple[Rule, ...] = (
+    check_host,
+    check_token,
+    check_path,
+    check_method,
+    check_target_length,
+    check_content_type,
+    check_content_encoding,
+)
 
 
 def check_head(head: RequestHead, settings: RuleSettings) -> None:

@@ -8,6 +8,7 @@ tested with that work.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import ssl
 from collections.abc import Iterator
@@ -96,6 +97,24 @@ ROWS: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
     ("path-healthz-post", "POST", "/healthz", b"", FORM, 404, "NotFound"),
     ("text-plain", "POST", "/", b"Action=ListSecrets", {"Content-Type": "text/plain"}, 415, "UnsupportedMediaType"),
     ("no-content-type", "POST", "/", b"Action=ListSecrets", {}, 415, "UnsupportedMediaType"),
+    (
+        "gzip-body",
+        "POST",
+        "/",
+        gzip.compress(b"Action=ListSecrets"),
+        {**FORM, "Content-Encoding": "gzip"},
+        415,
+        "UnsupportedMediaType",
+    ),
+    (
+        "gzip-garbage",
+        "POST",
+        "/",
+        b"Action=ListSecrets",
+        {**FORM, "Content-Encoding": "gzip"},
+        415,
+        "UnsupportedMediaType",
+    ),
     (
         "sdk-json",
         "POST",

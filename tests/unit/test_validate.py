@@ -14,6 +14,7 @@ from proxy.models import RequestHead
 from proxy.validate import (
     RULES,
     RuleSettings,
+    check_content_encoding,
     check_content_type,
     check_head,
     check_host,
@@ -137,6 +138,16 @@ def test_content_type() -> None:
             check_content_type(head("POST", content_type=ct, has_amz_target=amz), SETTINGS)
 
 
+def test_content_encoding() -> None:
+    form = "application/x-www-form-urlencoded"
+    check_content_encoding(head("POST", content_type=form), SETTINGS)
+    check_content_encoding(head("POST", content_type=form, **{"Content-Encoding": "identity"}), SETTINGS)
+    check_content_encoding(head("GET", **{"Content-Encoding": "gzip"}), SETTINGS)  # a GET body is never read
+    for encoding in ("gzip", "deflate", "br", "x-gzip", "gzip, identity", "zstd"):
+        with pytest.raises(errors.UnsupportedMediaType, match="compressed"):
+            check_content_encoding(head("POST", content_type=form, **{"Content-Encoding": encoding}), SETTINGS)
+
+
 def test_token_rule(tmp_path: Path) -> None:
     check_token(head(), SETTINGS)  # no token configured: nothing asked
     path = tmp_path / "token"
@@ -149,7 +160,15 @@ def test_token_rule(tmp_path: Path) -> None:
 
 
 def test_rules_order_host_then_token_then_path_method_size_type(tmp_path: Path) -> None:
-    assert RULES == (check_host, check_token, check_path, check_method, check_target_length, check_content_type)
+    assert RULES == (
+        check_host,
+        check_token,
+        check_path,
+        check_method,
+        check_target_length,
+        check_content_type,
+        check_content_encoding,
+    )
     path = tmp_path / "token"
     path.write_text("t")
     settings = RuleSettings(frozenset(), 64, CallerToken("X-Proxy-Token", str(path)))
