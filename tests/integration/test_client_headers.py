@@ -167,3 +167,15 @@ def test_a_missing_host_header_is_denied(start_recorded: StartRecorded, recordin
     assert head.split(b" ")[1] == b"403", head
     assert b"<Code>AccessDenied</Code>" in body
     assert recording.take() == []
+
+
+def test_the_caller_token_is_not_forwarded(
+    start_recorded: StartRecorded, recording: RecordingUpstream, tmp_path: Any
+) -> None:
+    (tmp_path / "token").write_text("the-caller-token")
+    proxy = start_recorded(policy={"token_header": "X-Proxy-Token", "token_file": str(tmp_path / "token")})
+    resp = send(proxy.port, "/?Action=GetSecretValue&SecretId=app%2Fa", **{"X-Proxy-Token": "the-caller-token"})
+    assert resp.status == 200, resp.body
+    (call,) = recording.take()
+    assert {k.lower() for k, _ in call.headers} <= PROXY_HEADERS
+    assert all("the-caller-token" not in v for _, v in call.headers) and b"the-caller-token" not in call.body
