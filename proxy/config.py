@@ -308,10 +308,26 @@ def check(cfg: Config) -> None:
     for i, route in enumerate(cfg.routes):
         _check_upstream(route.upstream, f"routes[{i}].upstream")
     _check_upstream(cfg.upstream, "upstream")
-    if cfg.policy.token_header is not None and cfg.policy.token_file is None:
-        raise ConfigError("policy.token_file: required when policy.token_header is set")
-    if cfg.policy.token_file is not None and not os.path.isfile(cfg.policy.token_file):
-        raise ConfigError(f"policy.token_file: no such file {cfg.policy.token_file}")
+    _check_policy(cfg.policy, "policy")
+    for i, route in enumerate(cfg.routes):
+        _check_policy(route.policy, f"routes[{i}].policy")
+
+
+# RFC 9110 section 5.1: a field name is a token.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _check_policy(policy: PolicyConfig, key: str) -> None:
+    if policy.token_header is not None:
+        if not _HEADER_NAME.match(policy.token_header):
+            raise ConfigError(f"{key}.token_header: {policy.token_header!r} is not an HTTP header name")
+        if policy.token_file is None:
+            raise ConfigError(f"{key}.token_file: required when {key}.token_header is set")
+    if policy.token_file is not None:
+        if policy.token_header is None:
+            raise ConfigError(f"{key}.token_header: required when {key}.token_file is set (which header carries it)")
+        if not os.path.isfile(policy.token_file):
+            raise ConfigError(f"{key}.token_file: no such file {policy.token_file}")
 
 
 def _check_upstream(up: UpstreamConfig, key: str) -> None:

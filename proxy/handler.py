@@ -31,7 +31,9 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     response = await send_upstream(service, ctx, operation, headers, body)
     if response.status >= 300:
         raise upstream_error(response)
-    document = service.translator.render_result(operation.name, response, ctx.request_id)
+    document = service.translator.render_result(
+        operation.name, response, ctx.request_id, keep=service.policy.answer_filter
+    )
     return web.Response(body=document, content_type=XML_TYPE, headers={"x-amzn-RequestId": ctx.request_id})
 
 

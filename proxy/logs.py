@@ -1,8 +1,9 @@
 """JSON-lines logging on stderr (SPEC section 7), with credentials kept out at every level.
 
 Three defences: botocore's and urllib3's records below INFO are dropped (their debug output holds canonical
-requests, signatures and STS answers); every formatted line is scrubbed of anything shaped like a signature,
-a session token, a secret access key or a secret value; and the proxy's own lines never put them in.
+requests, signatures and STS answers); every value of a line is scrubbed, before JSON encoding, of anything
+shaped like a signature, a session token, a secret access key or a secret value, and access key ids are
+masked; and the proxy's own lines never put them in.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ _SCRUB = [
         r"\1<redacted>",
     ),
     (re.compile(r"(Authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\n]+", re.I), r"\1<redacted>"),
+    # access key ids (long-term AKIA, temporary ASIA): masked as credentials.mask() does
+    (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{12}([A-Z0-9]{4})\b"), r"\1...\2"),
 ]
 
 
@@ -46,6 +49,16 @@ def scrub(text: str) -> str:
     for pattern, repl in _SCRUB:
         text = pattern.sub(repl, text)
     return text
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v) for v in value]
+    return value
 
 
 class JSONFormatter(logging.Formatter):
@@ -64,7 +77,8 @@ class JSONFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__
-        return scrub(json.dumps(line, default=str, ensure_ascii=False))
+        # Scrubbed value by value, before encoding: a pattern never cuts through JSON's own quoting.
+        return json.dumps(_scrubbed(line), default=lambda value: scrub(str(value)), ensure_ascii=False)
 
 
 class DropLibraryDebug(logging.Filter):

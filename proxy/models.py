@@ -6,7 +6,8 @@ every other stage takes and returns these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -80,7 +81,8 @@ class RequestHead:
     """What the rules see of an inbound request before its body is read.
 
     ``target`` is the raw request target as received (path and query, before decoding); ``host`` the Host
-    header (None when absent); ``content_type`` without parameters; ``headers`` all header names, lower-case.
+    header (None when absent); ``content_type`` without parameters; ``headers`` the request's headers
+    (case-insensitive in the listener: aiohttp's ``CIMultiDictProxy``).
     """
 
     method: str
@@ -89,3 +91,4 @@ class RequestHead:
     host: str | None
     content_type: str
     has_amz_target: bool
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)

@@ -11,6 +11,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import errors
 from .models import QueryRequest, RequestHead
@@ -63,17 +64,21 @@ def decode_form(raw: bytes, where: str) -> list[tuple[str, str]]:
 async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
     """Read the whole body, Content-Length or chunked, stopping at ``max_body_bytes`` (bytes).
 
-    Raises RequestEntityTooLarge as soon as the announced length or the bytes read pass the limit.
+    Raises RequestEntityTooLarge as soon as the announced length or the bytes read pass the limit;
+    MalformedQueryString when aiohttp's HTTP parser finds the body's framing broken while it is read.
     """
     too_large = errors.RequestEntityTooLarge(f"the request body is over limits.max_body_bytes ({max_body_bytes} bytes)")
     declared = request.content_length
     if declared is not None and declared > max_body_bytes:
         raise too_large
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > max_body_bytes:
-            raise too_large
+    try:
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise too_large
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        raise errors.MalformedQueryString(f"the request body could not be read: {type(exc).__name__}") from None
     return bytes(body)
 
 
@@ -125,4 +130,5 @@ def request_head(request: web.Request) -> RequestHead:
         host=request.headers.get("Host"),
         content_type=request.content_type if request.body_exists or request.method == "POST" else "",
         has_amz_target="X-Amz-Target" in request.headers,
+        headers=request.headers,
     )

@@ -5,13 +5,25 @@ Sources: SPEC sections 3 and 5. ``allow_actions`` null means the read-only opera
 ``allow_secrets`` null means any secret; else glob patterns (``*`` also crosses ``/``), matched against each
 secret id as given and, for an ARN, against the secret name inside it without AWS's random
 6-character suffix. A denial is AccessDenied and happens before any upstream call.
+
+Secrets selected by filter, not by name. ListSecrets (with or without ``Filters``) and BatchGetSecretValue
+with ``Filters`` name no secret in their input, so ``allow_actions`` alone lets them through; what they
+return is filtered instead: with ``allow_secrets`` set, :attr:`Policy.answer_filter` is handed to
+:meth:`proxy.translate.Translator.render_result`, which drops from every list of secrets in the output shape
+(``SecretList``, ``SecretValues``, ``Errors``) the entries whose ``ARN``/``Name``/``SecretId`` no pattern
+allows, before anything is rendered. The choice is filtering, not denial, because SPEC section 5 governs
+operations that name no secret by ``allow_actions`` alone, and an app allowed ``prod/app/*`` may list those.
+Consequences: a page may hold fewer entries than ``MaxResults`` (even none, with a ``NextToken``); the upstream
+did read the secrets that were filtered out (the role's IAM policy is the bound on what AWS reads). An answer
+that is itself about a secret outside ``allow_secrets`` (a partial ARN that named another secret) is
+AccessDenied.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import errors
@@ -73,6 +85,12 @@ class Policy:
         if self.secrets is None:
             return True
         return any(self.secrets.fullmatch(v) for v in secret_names(secret_id))
+
+    @property
+    def answer_filter(self) -> Callable[[str], bool] | None:
+        """The test an answer's secrets must pass (:func:`proxy.translate.visible_output`); None when
+        ``allow_secrets`` is null (any secret)."""
+        return self.secret_allowed if self.secrets is not None else None
 
     def check(self, operation: Operation) -> None:
         """Raise AccessDenied unless the operation and every secret it names are allowed."""

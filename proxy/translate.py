@@ -25,7 +25,7 @@ import datetime
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -379,7 +379,13 @@ def _render_members(shape: StructureShape, value: dict[str, Any], out: list[str]
 
 
 READ_PREFIXES = ("Get", "Describe", "List", "BatchGet")
-SECRET_ID_SHAPES = frozenset({"SecretIdType", "NameType"})
+# The model's shapes whose values name a secret in an input (SecretId, CreateSecret's Name, SecretIdList
+# members, CrossAccountReplicaARN ...).
+SECRET_ID_SHAPES = frozenset({"SecretIdType", "NameType", "SecretARNType", "SecretNameType"})
+# ... and in an output (ARN, Name, APIErrorType's SecretId). NameType is left out: answers also use it for
+# things that are not secrets (ValidationErrorsEntry.CheckName), and every output Name of that shape sits
+# beside an ARN.
+OUTPUT_SECRET_ID_SHAPES = frozenset({"SecretIdType", "SecretARNType", "SecretNameType"})
 
 
 def is_read_operation(name: str) -> bool:
@@ -440,11 +446,19 @@ class Translator:
         body = req["body"]
         return dict(req["headers"]), body if isinstance(body, bytes) else body.encode("utf-8")
 
-    def render_result(self, operation_name: str, response: UpstreamResponse, request_id: str) -> bytes:
+    def render_result(
+        self,
+        operation_name: str,
+        response: UpstreamResponse,
+        request_id: str,
+        keep: Callable[[str], bool] | None = None,
+    ) -> bytes:
         """A successful JSON 1.1 answer as the Query XML document of SPEC section 6 (UTF-8 bytes).
 
-        Raises BadGateway when the body is not the JSON the model describes, UnrepresentableValue when a
-        string holds a character XML 1.0 cannot carry.
+        ``keep`` (``policy.allow_secrets``' test, None for any secret) filters the answer with
+        :func:`visible_output` before it is rendered. Raises BadGateway when the body is not the JSON the model
+        describes, UnrepresentableValue when a string holds a character XML 1.0 cannot carry, AccessDenied when
+        the answer is about a secret ``keep`` refuses.
         """
         op = self._operations[operation_name]
         shape = op.output_shape
@@ -466,6 +480,8 @@ class Translator:
                 raise errors.BadGateway(
                     f"the upstream answered {operation_name} with a body that is not JSON 1.1"
                 ) from None
+            if keep is not None:
+                parsed = visible_output(shape, parsed, keep)
         out = [f'<{operation_name}Response xmlns="{self.xmlns}"><{operation_name}Result>']
         if shape is not None:
             assert isinstance(shape, StructureShape)
@@ -494,6 +510,55 @@ def secret_ids(shape: Shape | None, value: Any) -> Iterable[str]:
             yield from secret_ids(shape.member, item)
     elif kind == "string" and shape.name in SECRET_ID_SHAPES:
         yield value
+
+
+def _named_secrets(shape: StructureShape, value: dict[str, Any]) -> list[str]:
+    return [
+        value[name]
+        for name, member in shape.members.items()
+        if member.name in OUTPUT_SECRET_ID_SHAPES and isinstance(value.get(name), str)
+    ]
+
+
+def visible_output(shape: Shape, value: Any, keep: Callable[[str], bool]) -> Any:
+    """The parsed output ``value`` of ``shape`` with every secret ``keep`` refuses taken out (SPEC section 5:
+    no secret value or metadata outside ``allow_secrets`` reaches the client).
+
+    Model-driven, no per-operation code: a structure names a secret when it has members of the secret-id
+    shapes (:data:`OUTPUT_SECRET_ID_SHAPES`: ``ARN``, ``Name``, ``SecretId``), and it is visible when ``keep``
+    accepts at least one of them. Items of a list that are not visible are dropped (ListSecrets'
+    ``SecretList``, BatchGetSecretValue's ``SecretValues`` and ``Errors``); an output structure that is not
+    visible itself raises AccessDenied (an answer about another secret than the one asked for, e.g. through a
+    partial ARN). Other values are returned as they are.
+    """
+    if shape.type_name == "structure":
+        assert isinstance(shape, StructureShape)
+        named = _named_secrets(shape, value)
+        if named and not any(keep(v) for v in named):
+            raise errors.AccessDenied("the upstream answered about a secret that policy.allow_secrets does not allow")
+    return _filter(shape, value, keep)
+
+
+def _filter(shape: Shape, value: Any, keep: Callable[[str], bool]) -> Any:
+    kind = shape.type_name
+    if kind == "structure" and isinstance(value, dict):
+        assert isinstance(shape, StructureShape)
+        members = shape.members
+        return {k: _filter(members[k], v, keep) if k in members else v for k, v in value.items()}
+    if kind == "list" and isinstance(value, list):
+        assert isinstance(shape, ListShape)
+        member = shape.member
+        if isinstance(member, StructureShape):
+            value = [
+                item
+                for item in value
+                if not isinstance(item, dict) or not (named := _named_secrets(member, item)) or any(map(keep, named))
+            ]
+        return [_filter(member, item, keep) for item in value]
+    if kind == "map" and isinstance(value, dict):
+        assert isinstance(shape, MapShape)
+        return {k: _filter(shape.value, v, keep) for k, v in value.items()}
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,12 +3,19 @@
 ``Upstream`` is the seam (httpx's transport pattern): ``send(SignedRequest) -> UpstreamResponse`` and
 ``aclose()``. :class:`AiohttpUpstream` is the real one; unit tests of pure pipeline logic may pass another.
 aiohttp's exceptions are translated here, where aiohttp is imported, into the proxy's error tree.
+
+Compression: the upstream is asked for ``Accept-Encoding: identity`` and aiohttp's automatic decompression is
+off, so the bytes read are the bytes sent. An upstream that answers ``gzip`` or ``deflate`` regardless is
+decoded here (:func:`decode_body`, bounded by ``max_response_bytes`` after decoding, so a compression bomb is
+ResponseTooLarge), and the response handed on carries neither ``Content-Encoding`` nor ``Content-Length``:
+nothing downstream can label plain bytes as gzip. Any other coding is BadGateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import zlib
 from typing import Protocol
 
 import aiohttp
@@ -32,6 +39,39 @@ _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
     ConnectionError: errors.BadGateway,
     OSError: errors.BadGateway,
 }
+
+
+_DECODED_AWAY = frozenset({"content-encoding", "content-length"})
+
+
+def decode_body(encoding: str | None, body: bytes, max_bytes: int) -> bytes:
+    """``body`` decoded from its ``Content-Encoding`` (None or ``identity``: as is; ``gzip``, ``x-gzip``,
+    ``deflate`` with or without the zlib wrapper), at most ``max_bytes`` bytes after decoding.
+
+    Raises ResponseTooLarge past ``max_bytes``; BadGateway for another coding or a truncated or corrupt stream.
+    """
+    coding = (encoding or "identity").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding in ("gzip", "x-gzip"):
+        attempts = [16 + zlib.MAX_WBITS]
+    elif coding == "deflate":
+        attempts = [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # RFC 9110 says zlib-wrapped; some servers send it raw
+    else:
+        raise errors.BadGateway(f"the upstream answered in Content-Encoding {coding[:40]!r}; identity was asked for")
+    for wbits in attempts:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            out = decoder.decompress(body, max_bytes + 1)
+        except zlib.error:
+            continue
+        if len(out) > max_bytes or decoder.unconsumed_tail:
+            raise errors.ResponseTooLarge(
+                f"the upstream answer is over limits.max_response_bytes ({max_bytes}) once decompressed"
+            )
+        if decoder.eof:
+            return out
+    raise errors.BadGateway(f"the upstream answer is not valid {coding} data")
 
 
 class Upstream(Protocol):
@@ -122,7 +162,13 @@ class AiohttpUpstream:
                         raise errors.ResponseTooLarge(
                             f"the upstream answer is over limits.max_response_bytes ({self._max_response_bytes})"
                         )
-                return UpstreamResponse(resp.status, tuple(resp.headers.items()), bytes(body))
+                encoding = resp.headers.get("Content-Encoding")
+                headers = tuple(resp.headers.items())
+                if encoding is None:
+                    return UpstreamResponse(resp.status, headers, bytes(body))
+                decoded = decode_body(encoding, bytes(body), self._max_response_bytes)
+                kept = tuple((k, v) for k, v in headers if k.lower() not in _DECODED_AWAY)
+                return UpstreamResponse(resp.status, kept, decoded)
 
     async def aclose(self) -> None:
         if self._session is not None:

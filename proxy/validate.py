@@ -1,8 +1,9 @@
 """The HTTP rules every Query request passes before its body is read: small ordered rules, each raising one
 error (the Secrets Manager Agent's ``validate_*`` pattern). Sources: SPEC sections 4 and 6.
 
-Order matters and is fixed by :data:`RULES`: the Host header first (DNS rebinding), then the path, the
-method, the request-target length and the content type.
+Order matters and is fixed by :data:`RULES`: the Host header first (DNS rebinding), then the caller token
+(``policy.token_header``), the path, the method, the request-target length, the content type and the content
+encoding. None of them reads the body; the body's size rule is :func:`proxy.parse.read_body`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import errors
-from .config import Config
+from .caller_token import CallerToken
+from .config import Config, PolicyConfig
 from .models import RequestHead
 
 QUERY_PATH = "/"
@@ -26,12 +28,20 @@ class RuleSettings:
 
     allowed_hosts: frozenset[str]
     max_get_url_bytes: int
+    token: CallerToken | None = None
 
     @classmethod
-    def from_config(cls, cfg: Config) -> RuleSettings:
+    def from_config(cls, cfg: Config, policy: PolicyConfig | None = None) -> RuleSettings:
+        """Settings from ``cfg``; ``policy`` is the listener's policy (default ``cfg.policy``). Raises
+        ConfigError when ``policy.token_file`` holds no token."""
+        policy = policy or cfg.policy
+        token = None
+        if policy.token_header is not None and policy.token_file is not None:
+            token = CallerToken(policy.token_header, policy.token_file)
         return cls(
             allowed_hosts=frozenset(h.lower() for h in cfg.listen.allowed_hosts),
             max_get_url_bytes=cfg.limits.max_get_url_bytes,
+            token=token,
         )
 
 
@@ -65,6 +75,12 @@ def check_host(head: RequestHead, settings: RuleSettings) -> None:
         raise errors.AccessDenied("the Host header is not a loopback address, localhost or in listen.allowed_hosts")
 
 
+def check_token(head: RequestHead, settings: RuleSettings) -> None:
+    """The caller token, when ``policy.token_header`` is set (:mod:`proxy.caller_token`)."""
+    if settings.token is not None:
+        settings.token.check(head.headers.get(settings.token.header))
+
+
 def check_path(head: RequestHead, settings: RuleSettings) -> None:
     if head.path != QUERY_PATH:
         raise errors.NotFound("the Query API is served at / only")
@@ -92,7 +108,27 @@ def check_content_type(head: RequestHead, settings: RuleSettings) -> None:
     raise errors.UnsupportedMediaType(f"POST bodies must be {FORM_TYPE}, got {head.content_type or 'no Content-Type'}")
 
 
-RULES: tuple[Rule, ...] = (check_host, check_path, check_method, check_target_length, check_content_type)
+def check_content_encoding(head: RequestHead, settings: RuleSettings) -> None:
+    """A POST body is read as sent: a compressed one (``Content-Encoding: gzip`` ...) is refused before it is
+    read, so no decompression runs on the app's bytes."""
+    if head.method != "POST":
+        return
+    encoding = head.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise errors.UnsupportedMediaType(
+            f"request bodies must not be compressed (Content-Encoding: {encoding[:40]}); send the form as it is"
+        )
+
+
+RULES: tuple[Rule, ...] = (
+    check_host,
+    check_token,
+    check_path,
+    check_method,
+    check_target_length,
+    check_content_type,
+    check_content_encoding,
+)
 
 
 def check_head(head: RequestHead, settings: RuleSettings) -> None:

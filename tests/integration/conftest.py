@@ -1,0 +1,71 @@
+"""Fixtures for tests through the real listener against a recording upstream (tests/recorder.py)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trustme
+
+from proxy.app import create_app
+from proxy.credentials import static_fetch
+from tests.recorder import RecordingUpstream, recorder_config
+from tests.support import ServerThread
+
+# The credentials the proxy signs with against the recording upstream; tests look for them in logs.
+ACCESS_KEY = "ASIARECORDERKEY12345"
+SECRET_KEY = "recorder/secret+access/key0123456789ABCD"
+SESSION_TOKEN = "recorder-session-token-IQoJb3JpZ2luX2VjEHaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+@pytest.fixture
+def recording(tmp_path: Any) -> Iterator[RecordingUpstream]:
+    with RecordingUpstream(str(tmp_path)) as upstream:
+        yield upstream
+
+
+StartRecorded = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def start_recorded(recording: RecordingUpstream) -> Iterator[StartRecorded]:
+    """``start_recorded(**sections)`` runs the proxy against the recording upstream with fixed credentials
+    (:data:`ACCESS_KEY` ...); ``ssl_context=`` serves the listener over TLS. Stopped after the test."""
+    started: list[ServerThread] = []
+
+    def start(ssl_context: ssl.SSLContext | None = None, **sections: Any) -> ServerThread:
+        cfg = recorder_config(recording, **sections)
+        fetch = static_fetch(ACCESS_KEY, SECRET_KEY, SESSION_TOKEN)
+        server = ServerThread(lambda: create_app(cfg, fetch=fetch), ssl_context=ssl_context).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def listener_ca() -> trustme.CA:
+    """The CA of the proxy's own TLS listener in tests."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def listener_tls(listener_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """``listen.tls`` files for 127.0.0.1/localhost/::1 and the CA file that verifies them."""
+    root = tmp_path_factory.mktemp("listener-tls")
+    cert = listener_ca.issue_cert("127.0.0.1", "localhost", "::1")
+    files = {"cert_file": str(root / "cert.pem"), "key_file": str(root / "key.pem"), "ca_file": str(root / "ca.pem")}
+    cert.cert_chain_pems[0].write_to_path(files["cert_file"])
+    cert.private_key_pem.write_to_path(files["key_file"])
+    listener_ca.cert_pem.write_to_path(files["ca_file"])
+    return files
+
+
+@pytest.fixture(scope="session")
+def client_tls(listener_tls: dict[str, str]) -> ssl.SSLContext:
+    """A verifying client context for the proxy's TLS listener."""
+    return ssl.create_default_context(cafile=listener_tls["ca_file"])

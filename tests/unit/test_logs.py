@@ -1,0 +1,51 @@
+"""proxy.logs: every line stays one JSON object after scrubbing; credentials and signatures never survive."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from proxy.logs import DropLibraryDebug, JSONFormatter, scrub
+
+KEY_ID = "ASIAQWERTYUIOPASDFGH"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+SIGNATURE = "a" * 64
+
+
+def line(message: str, **extra: object) -> dict[str, object]:
+    record = logging.LogRecord("botocore.endpoint", logging.INFO, __file__, 1, message, None, None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    parsed: dict[str, object] = json.loads(JSONFormatter().format(record))
+    return parsed
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f'headers={{"Authorization": "AWS4-HMAC-SHA256 Credential={KEY_ID}/x, Signature={SIGNATURE}", "a": "b"}}',
+        f"{{'Authorization': b'AWS4-HMAC-SHA256 Credential={KEY_ID}/x, Signature={SIGNATURE}'}}",
+        f"<SecretAccessKey>{SECRET_KEY}</SecretAccessKey><AccessKeyId>{KEY_ID}</AccessKeyId>",
+        f'{{"SecretAccessKey": "{SECRET_KEY}", "AccessKeyId": "{KEY_ID}"}}',
+        f"https://h/?X-Amz-Signature={SIGNATURE}&X-Amz-Credential={KEY_ID}%2F",
+        f'"quoted \\" Authorization: \\"x\\" secret_key={SECRET_KEY}',
+    ],
+)
+def test_scrubbed_lines_are_still_json_and_hold_no_credentials(message: str) -> None:
+    out = line(message, context=message, nested={"value": [message]})
+    text = json.dumps(out)
+    assert SECRET_KEY not in text and SIGNATURE not in text and KEY_ID not in text
+
+
+def test_access_key_ids_are_masked_like_credentials_mask() -> None:
+    assert scrub(f"key {KEY_ID} and AKIAIOSFODNN7EXAMPLE") == "key ASIA...DFGH and AKIA...MPLE"
+
+
+def test_library_debug_is_dropped_whatever_the_logger_level() -> None:
+    keep = DropLibraryDebug()
+    for name in ("botocore", "botocore.auth", "urllib3.connectionpool", "boto3", "s3transfer"):
+        assert not keep.filter(logging.LogRecord(name, logging.DEBUG, __file__, 1, "m", None, None))
+        assert keep.filter(logging.LogRecord(name, logging.INFO, __file__, 1, "m", None, None))
+    assert keep.filter(logging.LogRecord("proxy", logging.DEBUG, __file__, 1, "m", None, None))

@@ -1,0 +1,95 @@
+"""proxy.parse: strict form decoding and the Query request it builds; the body bound is tested through the
+listener (tests/integration/test_errors.py)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import errors
+from proxy.parse import SIGNING_PARAMETERS, decode_form, query_request
+
+
+def test_plus_is_space_and_escaped_plus_is_plus() -> None:
+    assert decode_form(b"a=x+y&b=x%2By&c=%20", "q") == [("a", "x y"), ("b", "x+y"), ("c", " ")]
+
+
+def test_escapes_upper_or_lower_hex_and_utf8() -> None:
+    assert decode_form(b"n=%2f%2F&u=%C3%A9", "q") == [("n", "//"), ("u", "é")]
+
+
+def test_empty_parts_are_skipped_and_a_bare_name_has_the_empty_value() -> None:
+    assert decode_form(b"&&a&b=&=c&", "q") == [("a", ""), ("b", ""), ("", "c")]
+
+
+def test_value_may_hold_equals_signs() -> None:
+    assert decode_form(b"a=b=c", "q") == [("a", "b=c")]
+
+
+@pytest.mark.parametrize("raw", [b"a=%", b"a=%4", b"a=%zz", b"a%=1", b"a=%%41", b"a=%4g"])
+def test_malformed_escape(raw: bytes) -> None:
+    with pytest.raises(errors.MalformedQueryString, match="the body has a malformed percent-escape"):
+        decode_form(raw, "body")
+
+
+@pytest.mark.parametrize("raw", [b"a=%FF", b"a=%C3%28", b"%ED%A0%80=1", b"a=\xff", b"a=%C3"])
+def test_not_utf8(raw: bytes) -> None:
+    with pytest.raises(errors.MalformedQueryString, match="not UTF-8"):
+        decode_form(raw, "query string")
+
+
+@given(st.lists(st.tuples(st.text(min_size=1), st.text()), max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_inverse_of_botocore_style_urlencode(pairs: list[tuple[str, str]]) -> None:
+    """What ``urlencode`` (botocore's QuerySerializer) writes decodes back to the same pairs."""
+    pairs = [(k, v) for k, v in pairs if not any(0xD800 <= ord(c) <= 0xDFFF for c in k + v)]
+    assert decode_form(urlencode(pairs).encode(), "q") == pairs
+
+
+def test_query_request_lifts_action_and_version_and_drops_signing_parameters() -> None:
+    raw = "&".join(f"{name}=x" for name in sorted(SIGNING_PARAMETERS)).encode()
+    q = query_request("POST", b"Action=GetSecretValue&" + raw, b"Version=2017-10-17&SecretId=a")
+    assert (q.method, q.action, q.version, q.params) == ("POST", "GetSecretValue", "2017-10-17", (("SecretId", "a"),))
+
+
+def test_signing_parameters_are_exactly_specs() -> None:
+    assert SIGNING_PARAMETERS == {
+        "AWSAccessKeyId",
+        "Signature",
+        "SignatureMethod",
+        "SignatureVersion",
+        "Timestamp",
+        "Expires",
+        "SecurityToken",
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Security-Token",
+    }
+
+
+def test_query_string_comes_before_the_body() -> None:
+    q = query_request("POST", b"A=1", b"B=2&Action=ListSecrets")
+    assert q.params == (("A", "1"), ("B", "2")) and q.action == "ListSecrets" and q.version is None
+
+
+@pytest.mark.parametrize("name", ["Action", "Version"])
+def test_action_or_version_twice(name: str) -> None:
+    with pytest.raises(errors.InvalidParameterValue, match=name):
+        query_request("POST", f"{name}=a".encode(), f"{name}=a".encode())
+
+
+def test_empty_action_is_empty_and_empty_version_absent() -> None:
+    q = query_request("GET", b"Action=&Version=", None)
+    assert q.action == "" and q.version is None
+
+
+def test_malformed_body_names_the_body() -> None:
+    with pytest.raises(errors.MalformedQueryString, match="request body"):
+        query_request("POST", b"Action=ListSecrets", b"x=%")
