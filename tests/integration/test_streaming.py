@@ -114,6 +114,7 @@ def test_a_slow_reader_holds_memory_flat_and_the_upstream_is_released(
     assert sent_when_stalled < 25 * 1000 * 1000, sent_when_stalled
     if exact_peak:
         peak = max(peak, proxy_process.status_kib("VmHWM"))
+    print(f"slow reader: RSS {baseline} -> peak {peak} KiB; upstream sent {sent_when_stalled} bytes of 50 MB")
     assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {peak - baseline} KiB"
     wait_for(
         lambda: any(line["status"] == 499 for line in proxy_process.access_lines()), 10, "the 499 access line"
@@ -163,4 +164,5 @@ def test_eight_parallel_10_mib_answers_keep_memory_flat(proxy_process: ProxyProc
     peak = max(watch)
     if exact_peak:
         peak = max(peak, proxy_process.status_kib("VmHWM"))
+    print(f"8 x 10 MiB: RSS {baseline} -> peak {peak} KiB")
     assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {peak - baseline} KiB"
