@@ -56,12 +56,15 @@ def check_config(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load(args.path)
-        from .app import Lifecycle, Shared, botocore_session, build_service
+        from .app import Lifecycle, Shared, botocore_session, build_service, route_config
         from .credentials import CredentialManager, static_fetch
         from .metrics import Metrics
 
         shared = Shared(cfg, CredentialManager(static_fetch("check", "check")), Metrics.create(), Lifecycle())
-        build_service(cfg, botocore_session(), shared)
+        session = botocore_session()
+        build_service(cfg, session, shared)
+        for i, route in enumerate(cfg.routes):
+            build_service(route_config(cfg, route), session, shared, key=f"routes[{i}]")
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     sys.stdout.write(dump_effective(cfg))

@@ -3,7 +3,9 @@
 :func:`create_app` builds the Query listener's ``web.Application`` from a :class:`~proxy.config.Config`:
 endpoint resolution, the translator and policy are prepared here (synchronously, once); the upstream
 ClientSession and the credential refresher live in one ``cleanup_ctx`` generator that opens and closes
-both. :func:`serve` runs it (and the admin listener) until SIGTERM/SIGINT, then drains per SPEC section 2.
+both. Each entry of ``routes:`` gets one more application (:data:`ROUTES`) with its own upstream and policy,
+sharing the credentials, metrics and limits. :func:`serve` runs them (and the admin listener) until
+SIGTERM/SIGINT, then drains per SPEC section 2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 import botocore.session
@@ -25,10 +27,12 @@ from aiohttp import web
 
 from . import __version__
 from .attempts import AttemptPolicy
-from .config import Config, ConfigError, is_loopback, redacted
+from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
 from .credentials import CredentialManager, Fetch, build_fetch
+from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
-from .handler import SERVICE, handle_query
+from .guard import CredentialGuard
+from .handler import SERVICE
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
 from .policy import Policy
@@ -58,6 +62,19 @@ class Shared:
 
 
 SHARED = web.AppKey("shared", Shared)
+
+
+@dataclass
+class RouteApp:
+    """One ``routes:`` entry's listener: its application, and its port once :func:`serve` has bound it."""
+
+    index: int
+    route: RouteConfig
+    app: web.Application
+    port: int = 0
+
+
+ROUTES = web.AppKey("routes", tuple[RouteApp, ...])
 
 
 def botocore_session() -> botocore.session.Session:
@@ -96,6 +113,27 @@ def create_app(
         )
         shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
     service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver)
+    app = _listener_app(cfg, shared, service)
+    if cfg.admin.host is None:
+        add_admin_routes(app)
+    app.cleanup_ctx.append(_lifecycle)
+    routes = []
+    for i, route in enumerate(cfg.routes):
+        route_cfg = route_config(cfg, route)
+        route_service = build_service(route_cfg, session, shared, resolver=resolver, key=f"routes[{i}]")
+        route_app = _listener_app(route_cfg, shared, route_service)
+        route_app.cleanup_ctx.append(_route_lifecycle)
+        routes.append(RouteApp(i, route, route_app))
+    app[ROUTES] = tuple(routes)
+    return app
+
+
+def route_config(cfg: Config, route: RouteConfig) -> Config:
+    """The config one route's listener sees: the route's upstream and policy, everything else shared."""
+    return replace(cfg, upstream=route.upstream, policy=route.policy, routes=())
+
+
+def _listener_app(cfg: Config, shared: Shared, service: Service) -> web.Application:
     app = web.Application(
         middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests)],
         client_max_size=cfg.limits.max_body_bytes,
@@ -103,10 +141,7 @@ def create_app(
     )
     app[SHARED] = shared
     app[SERVICE] = service
-    if cfg.admin.host is None:
-        add_admin_routes(app)
-    app.router.add_route("*", "/{tail:.*}", handle_query)
-    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
 
@@ -117,17 +152,24 @@ def build_service(
     *,
     upstream: Upstream | None = None,
     resolver: aiohttp.abc.AbstractResolver | None = None,
+    key: str = "",
 ) -> Service:
-    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport."""
+    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport.
+
+    ``key`` prefixes the config keys named in errors (``routes[0]`` for a route's ``upstream``/``policy``).
+    Raises ConfigError for a service whose model protocol no pipeline serves (:data:`~proxy.dispatch.PROTOCOLS`).
+    """
     up = cfg.upstream
-    endpoint = resolve_endpoint(session, up)
+    prefix = f"{key}." if key else ""
+    endpoint = resolve_endpoint(session, up, key=f"{prefix}upstream")
     model = session.get_service_model(up.service)
-    if model.protocol != "json":
+    if model.protocol not in PROTOCOLS:
         raise ConfigError(
-            f"upstream.service: {up.service} speaks {model.protocol}; this build translates AWS JSON 1.1 services"
+            f"{prefix}upstream.service: {up.service} speaks {model.protocol}; the proxy serves services whose "
+            f"botocore model protocol is {' or '.join(sorted(PROTOCOLS))}"
         )
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
-    policy = Policy.compile(cfg.policy, translator.operation_names)
+    policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy")
     if upstream is None:
         upstream = AiohttpUpstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
@@ -149,6 +191,7 @@ def build_service(
         credentials=shared.credentials,
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
+        guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
     )
 
 
@@ -163,6 +206,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await shared.credentials.close()
+        await service.upstream.aclose()
+
+
+async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """A route's listener opens and closes only its own transport; the main listener owns the credentials."""
+    service = app[SERVICE]
+    await service.upstream.start()
+    try:
+        yield
+    finally:
         await service.upstream.aclose()
 
 
@@ -275,8 +328,21 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False)
     await runner.setup()
     admin_runner: web.AppRunner | None = None
+    route_runners: list[web.AppRunner] = []
     try:
-        port = await start_sites(runner, _listen_hosts(cfg.listen.host), cfg.listen.port, _server_ssl(cfg))
+        server_ssl = _server_ssl(cfg)
+        port = await start_sites(runner, _listen_hosts(cfg.listen.host), cfg.listen.port, server_ssl)
+        for route in app[ROUTES]:
+            route_runner = web.AppRunner(
+                route.app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False
+            )
+            await route_runner.setup()
+            route_runners.append(route_runner)
+            route.port = await start_sites(route_runner, _listen_hosts(cfg.listen.host), route.route.port, server_ssl)
+            log.info(
+                "listening",
+                extra={"route": route.index, "service": route.route.upstream.service, "port": route.port},
+            )
         admin_port = None
         if cfg.admin.host is not None:
             admin_runner = web.AppRunner(create_admin_app(shared), access_log=None, handle_signals=False)
@@ -301,6 +367,8 @@ async def serve(
         if cfg.shutdown_delay_seconds:
             await asyncio.sleep(cfg.shutdown_delay_seconds)
     finally:
+        for route_runner in reversed(route_runners):
+            await route_runner.cleanup()
         await runner.cleanup()
         if admin_runner is not None:
             await admin_runner.cleanup()

@@ -305,8 +305,15 @@ def check(cfg: Config) -> None:
             f"listen.host: {cfg.listen.host} is not a loopback address; "
             "the Query API leaves the host only over HTTPS (set listen.tls.cert_file and key_file)"
         )
+    ports = {cfg.listen.port: "listen.port"} if cfg.listen.port else {}
+    if cfg.admin.host is not None and cfg.admin.port:
+        ports.setdefault(cfg.admin.port, "admin.port")
     for i, route in enumerate(cfg.routes):
         _check_upstream(route.upstream, f"routes[{i}].upstream")
+        if route.port and route.port in ports:
+            raise ConfigError(f"routes[{i}].port: {route.port} is already taken by {ports[route.port]}")
+        if route.port:
+            ports[route.port] = f"routes[{i}].port"
     _check_upstream(cfg.upstream, "upstream")
     _check_policy(cfg.policy, "policy")
     for i, route in enumerate(cfg.routes):

@@ -12,7 +12,7 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     │   ├── UnsupportedMediaType 415  ├── NoSuchVersion 400
     │   ├── RequestURITooLong 414     ├── UnknownParameter 400
     │   ├── RequestEntityTooLarge 413 ├── MissingParameter 400 / InvalidParameterValue 400
-    │   └── AccessDenied 403
+    │   ├── AccessDenied 403          └── MalformedJSON 400 (SerializationException; SDK calls)
     ├── ServerError (5xx, Receiver)
     │   ├── ServiceUnavailable 503    ├── BadGateway 502
     │   ├── CredentialsUnavailable 503├── ResponseTooLarge 502
@@ -72,6 +72,12 @@ class RequestEntityTooLarge(ClientError):
 
 class MalformedQueryString(ClientError):
     code = "MalformedQueryString"
+
+
+class MalformedJSON(ClientError):
+    """An SDK call's body that is not JSON; the code AWS JSON services answer for it."""
+
+    code = "SerializationException"
 
 
 class MissingAction(ClientError):

@@ -3,6 +3,8 @@ send -> relay. Each stage is a call into its own module; this file only sequence
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from .attempts import AttemptRecord, send_with_retries
@@ -26,6 +28,7 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     query = await read_query(request, service.limits.max_body_bytes)
     operation = service.translator.decode(query.action, query.version, query.params)
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
+    service.guard.check(operation)
     service.policy.check(operation)
     headers, body = service.translator.json_request(operation)
     response = await send_upstream(service, ctx, operation, headers, body)
@@ -38,11 +41,17 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
 
 
 async def send_upstream(
-    service: Service, ctx: RequestContext, operation: Operation, headers: dict[str, str], body: bytes
+    service: Service,
+    ctx: RequestContext,
+    operation: Operation,
+    headers: dict[str, str],
+    body: bytes,
+    send: Callable[[SignedRequest], Awaitable[UpstreamResponse]] | None = None,
 ) -> UpstreamResponse:
     """Sign with the current credentials and send, with retries (:mod:`proxy.attempts`).
 
-    Records the attempts, the upstream status and the upstream's request id on ``ctx``.
+    ``send`` replaces ``service.upstream.send`` (the streaming path, :mod:`proxy.relay`). Records the
+    attempts, the upstream status and the upstream's request id on ``ctx``.
     """
     record = AttemptRecord()
 
@@ -51,7 +60,7 @@ async def send_upstream(
 
     try:
         response = await send_with_retries(
-            send=service.upstream.send,
+            send=send or service.upstream.send,
             build=build,
             credentials_get=service.credentials.get,
             credentials_refresh=service.credentials.refresh,

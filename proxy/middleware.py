@@ -1,13 +1,16 @@
 """Around every Query request: the request id, the concurrency cap, error rendering, the access log, metrics.
 
 Errors are rendered here and only here: a :class:`~proxy.errors.ProxyError` becomes the Query
-``ErrorResponse`` of SPEC section 6 (the shape botocore's ``QueryParser`` reads); anything else is logged by
-class name and answered as a generic 500 ``InternalFailure`` without its text.
+``ErrorResponse`` of SPEC section 6 (the shape botocore's ``QueryParser`` reads), or for an SDK's AWS JSON
+call (:func:`~proxy.parse.is_sdk_request`) the JSON 1.1 error ``{"__type": ..., "message": ...}`` that
+botocore's ``JSONParser`` reads; anything else is logged by class name and answered as a generic 500
+``InternalFailure`` without its text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -19,12 +22,14 @@ from aiohttp.typedefs import Middleware
 
 from . import errors
 from .metrics import Metrics
+from .parse import is_sdk_request
 from .translate import UNREPRESENTABLE
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy")
 
 XML_TYPE = "text/xml"
+JSON_ERROR_TYPE = "application/x-amz-json-1.1"
 ADMIN_ROUTE = "admin-"  # name prefix of /healthz, /readyz, /metrics: not Query requests
 _MESSAGE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#xD;"})
 
@@ -38,6 +43,10 @@ class RequestContext:
     secret_ids: tuple[str, ...] = ()
     upstream_status: int | None = None
     attempts: int = 0
+    sdk: bool = False  # an SDK's AWS JSON call: errors are rendered as JSON 1.1
+    # Set when a streamed answer ended early: 499 (the client went away) or 502 (the upstream failed).
+    stream_status: int | None = None
+    stream_code: str | None = None
 
 
 CONTEXT = web.RequestKey("query_context", RequestContext)
@@ -59,14 +68,19 @@ def error_document(code: str, message: str, fault: str, request_id: str) -> byte
     ).encode()
 
 
-def error_response(error: errors.ProxyError, request_id: str) -> web.Response:
+def json_error_document(code: str, message: str) -> bytes:
+    """The AWS JSON 1.1 error body (SPEC section 6): ``{"__type": code, "message": message}``, UTF-8."""
+    return json.dumps({"__type": code, "message": message}).encode()
+
+
+def error_response(error: errors.ProxyError, request_id: str, sdk: bool = False) -> web.Response:
+    """The error answer in the caller's protocol: Query XML, or AWS JSON 1.1 when ``sdk``."""
     headers = {"x-amzn-RequestId": request_id, **error.headers}
-    return web.Response(
-        status=error.status,
-        body=error_document(error.code, error.message, error.fault, request_id),
-        content_type=XML_TYPE,
-        headers=headers,
-    )
+    if sdk:
+        body, content_type = json_error_document(error.code, error.message), JSON_ERROR_TYPE
+    else:
+        body, content_type = error_document(error.code, error.message, error.fault, request_id), XML_TYPE
+    return web.Response(status=error.status, body=body, content_type=content_type, headers=headers)
 
 
 _HTTP_ERRORS: dict[int, type[errors.ProxyError]] = {
@@ -91,7 +105,7 @@ def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
         route_name = request.match_info.route.name
         if route_name is not None and route_name.startswith(ADMIN_ROUTE):
             return await handler(request)
-        ctx = RequestContext()
+        ctx = RequestContext(sdk=is_sdk_request(request))
         request[CONTEXT] = ctx
         started = time.perf_counter()
         status = 500
@@ -110,20 +124,22 @@ def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
                 in_flight -= 1
                 metrics.in_flight.dec()
             status, code = response.status, "OK" if response.status < 400 else str(response.status)
+            if ctx.stream_status is not None:
+                status, code = ctx.stream_status, ctx.stream_code or str(ctx.stream_status)
         except errors.ProxyError as exc:
-            response = error_response(exc, ctx.request_id)
+            response = error_response(exc, ctx.request_id, ctx.sdk)
             status, code = exc.status, exc.code
         except web.HTTPException as exc:
             cls = _HTTP_ERRORS.get(exc.status)
             err: errors.ProxyError = cls(exc.reason) if cls is not None else errors.ProxyError(f"HTTP {exc.status}")
-            response = error_response(err, ctx.request_id)
+            response = error_response(err, ctx.request_id, ctx.sdk)
             status, code = err.status, err.code
         except asyncio.CancelledError:
             status, code = 499, "ClientClosedRequest"
             raise
         except Exception as exc:
             log.error("unexpected error", extra={"request_id": ctx.request_id, "error": type(exc).__name__})
-            response = error_response(errors.ProxyError("the proxy failed unexpectedly"), ctx.request_id)
+            response = error_response(errors.ProxyError("the proxy failed unexpectedly"), ctx.request_id, ctx.sdk)
         finally:
             elapsed = time.perf_counter() - started
             action = ctx.action or "-"

@@ -15,6 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from . import errors
 from .models import QueryRequest, RequestHead
+from .validate import SDK_TYPES
 
 # The app's own signing parameters: dropped, never forwarded, never an error (SPEC section 4).
 SIGNING_PARAMETERS = frozenset(
@@ -132,3 +133,9 @@ def request_head(request: web.Request) -> RequestHead:
         has_amz_target="X-Amz-Target" in request.headers,
         headers=request.headers,
     )
+
+
+def is_sdk_request(request: web.Request) -> bool:
+    """An SDK's AWS JSON call (SPEC section 4): POST with ``X-Amz-Target`` and an ``application/x-amz-json-1.x``
+    body. Such a caller gets JSON answers and errors; everything else on ``/`` is a Query request."""
+    return request.method == "POST" and "X-Amz-Target" in request.headers and request.content_type in SDK_TYPES

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .attempts import AttemptPolicy
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
+from .guard import CredentialGuard
 from .metrics import Metrics
 from .models import Endpoint
 from .policy import Policy
@@ -28,3 +29,10 @@ class Service:
     credentials: CredentialManager
     attempts: AttemptPolicy
     metrics: Metrics
+    guard: CredentialGuard = CredentialGuard(frozenset())  # operations that hand out credentials (SPEC 5)
+
+    @property
+    def protocol(self) -> str:
+        """The upstream's protocol from botocore's model: ``json`` (translated) or ``query`` (passed through)."""
+        protocol: str = self.translator.service_model.protocol
+        return protocol

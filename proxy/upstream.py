@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import zlib
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import aiohttp
@@ -74,10 +75,31 @@ def decode_body(encoding: str | None, body: bytes, max_bytes: int) -> bytes:
     raise errors.BadGateway(f"the upstream answer is not valid {coding} data")
 
 
+class UpstreamStream(Protocol):
+    """An upstream answer whose body is still on the wire (the streaming path, :mod:`proxy.relay`).
+
+    ``status`` and ``headers`` are known; the body is read once, by ``chunks()`` or ``read()``. ``close()``
+    drops the connection (an unfinished body) and is safe to call more than once; a body read to its end
+    leaves the connection to the pool.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    content_length: int | None
+
+    def chunks(self) -> AsyncGenerator[bytes, None]: ...
+
+    async def read(self, limit: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class Upstream(Protocol):
     async def start(self) -> None: ...
 
     async def send(self, request: SignedRequest) -> UpstreamResponse: ...
+
+    async def open(self, request: SignedRequest) -> UpstreamStream: ...
 
     async def aclose(self) -> None: ...
 
@@ -170,7 +192,53 @@ class AiohttpUpstream:
                 kept = tuple((k, v) for k, v in headers if k.lower() not in _DECODED_AWAY)
                 return UpstreamResponse(resp.status, kept, decoded)
 
+    async def open(self, request: SignedRequest) -> UpstreamStream:
+        """Send and return once the status line and headers are in; the body stays on the wire.
+
+        Raises BadGateway / GatewayTimeout as :meth:`send` does. The caller must ``close()`` the stream
+        unless it reads the body to its end.
+        """
+        assert self._session is not None, "start() first"
+        with errors.map_exceptions(_AIOHTTP_ERRORS, "the upstream request"):
+            resp = await self._session.request(
+                request.method,
+                request.url,
+                headers=list(request.headers),
+                data=request.body,
+                allow_redirects=False,
+            )
+        return _AiohttpStream(resp)
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class _AiohttpStream:
+    """:class:`UpstreamStream` over an aiohttp ClientResponse; reads map aiohttp's errors like ``send``."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers = tuple(resp.headers.items())
+        self.content_length = resp.content_length
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        with errors.map_exceptions(_AIOHTTP_ERRORS, "reading the upstream answer"):
+            async for chunk in self._resp.content.iter_chunked(CHUNK_BYTES):
+                yield chunk
+        self._resp.release()
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, up to ``limit`` bytes (ResponseTooLarge above it); the connection is released."""
+        body = bytearray()
+        async for chunk in self.chunks():
+            body += chunk
+            if len(body) > limit:
+                self.close()
+                raise errors.ResponseTooLarge(f"the upstream answer is over limits.max_response_bytes ({limit})")
+        return bytes(body)
+
+    def close(self) -> None:
+        self._resp.close()

@@ -20,6 +20,7 @@ from .models import RequestHead
 QUERY_PATH = "/"
 FORM_TYPE = "application/x-www-form-urlencoded"
 JSON_TYPE = "application/x-amz-json-1.1"
+SDK_TYPES = frozenset({"application/x-amz-json-1.0", JSON_TYPE})  # an SDK's AWS JSON call, with X-Amz-Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +104,8 @@ def check_target_length(head: RequestHead, settings: RuleSettings) -> None:
 def check_content_type(head: RequestHead, settings: RuleSettings) -> None:
     if head.method != "POST" or head.content_type == FORM_TYPE:
         return
-    if head.content_type == JSON_TYPE and head.has_amz_target:
-        raise errors.UnsupportedMediaType("AWS JSON 1.1 (SDK) requests are not served by this listener")
+    if head.content_type in SDK_TYPES and head.has_amz_target:
+        return  # an SDK's call: the service's protocol decides whether it is served (proxy.dispatch)
     raise errors.UnsupportedMediaType(f"POST bodies must be {FORM_TYPE}, got {head.content_type or 'no Content-Type'}")
 
 

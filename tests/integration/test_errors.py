@@ -116,11 +116,11 @@ ROWS: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
         "UnsupportedMediaType",
     ),
     (
-        "sdk-json",
+        "json-without-target",  # AWS JSON 1.1 without X-Amz-Target is neither a form nor an SDK call
         "POST",
         "/",
         b"{}",
-        {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "secretsmanager.ListSecrets"},
+        {"Content-Type": "application/x-amz-json-1.1"},
         415,
         "UnsupportedMediaType",
     ),

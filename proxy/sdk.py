@@ -1,0 +1,250 @@
+"""SDK callers: an AWS SDK's own JSON call, re-signed with the role (SPEC sections 4 to 6).
+
+An app built on an AWS SDK, pointed at the proxy (``AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:8977``)
+with placeholder keys, sends ``POST /`` with ``X-Amz-Target: secretsmanager.<Op>`` and an
+``application/x-amz-json-1.1`` body, signed with those placeholder keys. The proxy keeps none of the app's
+headers (Authorization, X-Amz-*, its User-Agent): it reads the operation from ``X-Amz-Target``, decodes the
+body against the operation's input shape from botocore's model (:func:`decode_json_input`), applies the same
+rules, credential guard and policy as a Query request, writes the body again with botocore's
+``JSONSerializer`` (so what is signed is exactly what was checked: no duplicate keys, no members the model
+does not know), signs it with the role and relays the upstream's JSON answer unchanged (:mod:`proxy.relay`).
+Errors the proxy raises reach the SDK as JSON 1.1 errors (``{"__type": ..., "message": ...}``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import math
+import uuid
+from typing import Any
+
+from aiohttp import web
+from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
+from botocore.utils import parse_timestamp
+
+from . import errors
+from .handler import SERVICE
+from .middleware import context
+from .models import Operation
+from .parse import read_body, request_head
+from .relay import AWS_JSON, relay
+from .service import Service
+from .translate import InputLimits, Translator, is_read_operation, secret_ids
+from .validate import check_head
+
+# ---------------------------------------------------------------------------------------------------------
+# X-Amz-Target and the content type
+
+
+def sdk_operation(translator: Translator, target: str, content_type: str) -> OperationModel:
+    """The operation an SDK call names: ``X-Amz-Target: <targetPrefix>.<Operation>`` from the model's metadata.
+
+    Raises UnsupportedMediaType when the content type is not the model's ``application/x-amz-json-<jsonVersion>``,
+    MissingAction / InvalidAction for a target that names no operation of the service.
+    """
+    model = translator.service_model
+    expected = f"application/x-amz-json-{model.metadata.get('jsonVersion', '1.0')}"
+    if content_type != expected:
+        raise errors.UnsupportedMediaType(f"{model.service_name} takes {expected} bodies, got {content_type}")
+    prefix, dot, name = target.strip().rpartition(".")
+    if not dot or prefix != model.metadata.get("targetPrefix"):
+        raise errors.InvalidAction(
+            f"X-Amz-Target must be {model.metadata.get('targetPrefix')}.<Operation>; got {target[:80]!r}"
+        )
+    return translator.operation_model(name, None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSON body -> typed input
+
+DEFAULT_LIMITS = InputLimits()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise errors.MalformedJSON(f"the JSON body has the key {key!r} twice")
+        out[key] = value
+    return out
+
+
+def load_json(body: bytes) -> Any:
+    """Parse an SDK's body (empty means ``{}``). Raises MalformedJSON for bad JSON, duplicate keys, bad UTF-8
+    or nesting too deep to parse."""
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise errors.MalformedJSON("the JSON body is nested too deeply") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise errors.MalformedJSON("the body is not JSON (RFC 8259, UTF-8)") from None
+
+
+class _Decoder:
+    """One body's decode: counts values against ``limits`` and names positions like ``Filters[0].Key``."""
+
+    def __init__(self, limits: InputLimits) -> None:
+        self.limits = limits
+        self.values = 0
+
+    def decode(self, shape: Shape, value: Any, path: str) -> Any:
+        if isinstance(shape, StructureShape):
+            return self.structure(shape, value, path)
+        if isinstance(shape, ListShape):
+            return self.list(shape, value, path)
+        if isinstance(shape, MapShape):
+            return self.map(shape, value, path)
+        self.values += 1
+        if self.values > self.limits.max_parameters:
+            raise errors.InvalidParameterValue(
+                f"more than limits.max_parameters ({self.limits.max_parameters}) values in one request"
+            )
+        return _scalar(shape, value, path)
+
+    def structure(self, shape: StructureShape, value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise errors.InvalidParameterValue(f"{path or 'the body'}: must be a JSON object ({shape.name})")
+        members = {m.serialization.get("name", name): (name, m) for name, m in shape.members.items()}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            found = members.get(key)
+            where = f"{path}.{key}" if path else key
+            if found is None:
+                raise errors.UnknownParameter(f"{where} is not a member of {shape.name}")
+            if item is None:  # an explicit null is an absent member, as AWS reads it
+                continue
+            name, member = found
+            out[name] = self.decode(member, item, where)
+        for required in shape.required_members:
+            if required not in out:
+                raise errors.MissingParameter(f"{f'{path}.{required}' if path else required} is required")
+        return out
+
+    def list(self, shape: ListShape, value: Any, path: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise errors.InvalidParameterValue(f"{path}: must be a JSON array")
+        if len(value) > self.limits.max_list_members:
+            raise errors.InvalidParameterValue(
+                f"{path}: {len(value)} items is over limits.max_list_members ({self.limits.max_list_members})"
+            )
+        _check_range(shape, len(value), path, "the number of items")
+        return [self.decode(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
+
+    def map(self, shape: MapShape, value: Any, path: str) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            raise errors.InvalidParameterValue(f"{path}: must be a JSON object")
+        if len(value) > self.limits.max_list_members:
+            raise errors.InvalidParameterValue(
+                f"{path}: {len(value)} entries is over limits.max_list_members ({self.limits.max_list_members})"
+            )
+        _check_range(shape, len(value), path, "the number of entries")
+        return {
+            self.decode(shape.key, k, f"{path} key"): self.decode(shape.value, v, f"{path}.{k}")
+            for k, v in value.items()
+        }
+
+
+def _check_range(shape: Shape, n: float, path: str, what: str) -> None:
+    lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
+    if lo is not None and n < lo:
+        raise errors.InvalidParameterValue(f"{path}: {what} must be at least {lo}, got {n}")
+    if hi is not None and n > hi:
+        raise errors.InvalidParameterValue(f"{path}: {what} must be at most {hi}, got {n}")
+
+
+def _scalar(shape: Shape, value: Any, path: str) -> Any:
+    kind = shape.type_name
+    if kind == "string":
+        if not isinstance(value, str):
+            raise errors.InvalidParameterValue(f"{path}: must be a string")
+        _check_range(shape, len(value), path, "the length")
+        return value
+    if kind in ("integer", "long"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise errors.InvalidParameterValue(f"{path}: must be an integer")
+        _check_range(shape, value, path, "the value")
+        return value
+    if kind in ("float", "double"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise errors.InvalidParameterValue(f"{path}: must be a finite number")
+        return float(value)
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise errors.InvalidParameterValue(f"{path}: must be true or false")
+        return value
+    if kind == "blob":
+        try:
+            raw = base64.b64decode(value, validate=True) if isinstance(value, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            raise errors.InvalidParameterValue(f"{path}: must be a base64 string (RFC 4648, with padding)")
+        _check_range(shape, len(raw), path, "the length in bytes")
+        return raw
+    if kind == "timestamp":
+        try:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return datetime.datetime.fromtimestamp(value, datetime.UTC)
+            if isinstance(value, str):
+                return parse_timestamp(value)
+        except (ValueError, TypeError, OverflowError, OSError):
+            pass
+        raise errors.InvalidParameterValue(f"{path}: must be epoch seconds or an ISO 8601 timestamp")
+    raise errors.InvalidParameterValue(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
+
+
+def decode_json_input(doc: Any, operation: OperationModel, limits: InputLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Decode a parsed JSON 1.1 body into the operation's input as botocore-typed data (the same form
+    :func:`~proxy.translate.decode_input` gives for awsQuery), filling a missing idempotency token with a UUID.
+
+    Raises UnknownParameter (a member the input shape lacks), MissingParameter (a required member absent),
+    InvalidParameterValue (wrong JSON type, outside the model's min/max, over a ``limits`` count).
+    """
+    shape = operation.input_shape
+    if shape is None:
+        if doc not in ({}, None):
+            raise errors.UnknownParameter(f"{operation.name} takes no parameters")
+        return {}
+    result = _Decoder(limits).structure(shape, doc, "")
+    for member in operation.idempotent_members:
+        if member not in result:
+            result[member] = str(uuid.uuid4())
+    return result
+
+
+def decode_sdk_call(translator: Translator, op: OperationModel, body: bytes) -> Operation:
+    """An SDK call's body as the :class:`~proxy.models.Operation` the policy and the serializer take."""
+    data = decode_json_input(load_json(body), op, translator.limits)
+    return Operation(
+        name=op.name,
+        input=data,
+        secret_ids=tuple(secret_ids(op.input_shape, data)),
+        is_read=is_read_operation(op.name),
+        retryable=is_read_operation(op.name) or bool(op.idempotent_members),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the handler
+
+
+async def handle_sdk(request: web.Request) -> web.StreamResponse:
+    """Answer one SDK call: rules -> target -> bounded body -> decode -> guard -> policy -> JSON 1.1 ->
+    sign -> send -> relay the JSON answer unchanged."""
+    service: Service = request.app[SERVICE]
+    ctx = context(request)
+    check_head(request_head(request), service.rules)
+    op = sdk_operation(service.translator, request.headers.get("X-Amz-Target", ""), request.content_type)
+    ctx.action = op.name
+    body = await read_body(request, service.limits.max_body_bytes)
+    operation = decode_sdk_call(service.translator, op, body)
+    ctx.secret_ids = operation.secret_ids
+    service.guard.check(operation)
+    service.policy.check(operation)
+    headers, payload = service.translator.json_request(operation)
+    return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)

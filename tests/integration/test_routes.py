@@ -1,0 +1,173 @@
+"""Several services in one process (``routes:``, SPEC section 3): one more listener per route on
+``listen.host``, each with its own upstream and policy, sharing the credentials and limits. Runs the real
+:func:`proxy.app.serve` (the CLI's code path) in a thread against moto with signature checking on."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.config import Config as BotocoreConfig
+from botocore.exceptions import ClientError
+
+from proxy.app import ROUTES, SHARED, create_app, serve
+from proxy.config import Config
+from proxy.local import ACCOUNT_ID, DEMO_SECRET, DEMO_SECRET_VALUE, REGION
+from tests.integration.test_query_services import PASS_ROLE, passthrough_role  # noqa: F401 (fixture)
+from tests.streaming import wait_for
+from tests.support import legacy_client, proxy_config
+
+
+class Serving:
+    """``serve(cfg)`` in a thread with its own loop; ``port`` and ``route_ports`` once bound."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.port = 0
+        self.route_ports: list[int] = []
+        self.app: Any = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.app = create_app(self.cfg)
+
+        def ready(port: int, admin_port: int | None) -> None:
+            self.port = port
+            self.route_ports = [route.port for route in self.app[ROUTES]]
+            self._ready.set()
+
+        await serve(self.cfg, app=self.app, ready=ready, stop=self._stop)
+
+    def start(self) -> Serving:
+        self._thread.start()
+        assert self._ready.wait(60), "serve() did not become ready"
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+
+def sdk_client(service: str, port: int) -> Any:
+    return botocore.session.Session().create_client(
+        service,
+        region_name=REGION,
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id="AKIDPLACEHOLDER0000",
+        aws_secret_access_key="placeholder",
+        config=BotocoreConfig(retries={"max_attempts": 1}),
+    )
+
+
+@pytest.fixture
+def serving(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Serving]:  # noqa: F811
+    upstream = {"region": REGION, "endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
+    cfg = proxy_config(
+        emulator.server,
+        credentials={"role_arn": passthrough_role, "role_session_name": "routes"},
+        policy={"allow_actions": ["GetSecretValue"]},
+        routes=[
+            {"port": 0, "upstream": {**upstream, "service": "sts"}},
+            {"port": 0, "upstream": {**upstream, "service": "sns"}, "policy": {"allow_actions": ["ListTopics"]}},
+        ],
+    )
+    server = Serving(cfg).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_each_route_serves_its_own_service_with_its_own_policy(
+    serving: Serving, emulator: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    main, sts_port, sns_port = serving.port, *serving.route_ports
+    assert len({main, sts_port, sns_port}) == 3
+    # the single-service part: Secrets Manager, Query and SDK callers alike
+    legacy = legacy_client(f"http://127.0.0.1:{main}", str(tmp_path_factory.getbasetemp()))
+    assert legacy.get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
+    assert sdk_client("secretsmanager", main).get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
+    with pytest.raises(ClientError) as denied:
+        legacy.describe_secret(SecretId=DEMO_SECRET)  # the main policy allows GetSecretValue only
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    # route 0: STS, default policy (reads)
+    identity = sdk_client("sts", sts_port).get_caller_identity()
+    assert identity["Arn"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{PASS_ROLE}/routes"
+    # route 1: SNS with its own policy
+    arn = emulator.direct("sns").create_topic(Name=f"routes-{uuid.uuid4().hex[:8]}")["TopicArn"]
+    sns = sdk_client("sns", sns_port)
+    assert {"TopicArn": arn} in sns.list_topics()["Topics"]
+    with pytest.raises(ClientError) as denied:
+        sns.get_topic_attributes(TopicArn=arn)  # a read, but not in this route's allow_actions
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    # a listener serves only its own service
+    with pytest.raises(ClientError) as wrong:
+        sdk_client("sts", main).get_caller_identity()
+    assert wrong.value.response["Error"]["Code"] == "InvalidAction"
+
+
+def test_routes_share_the_credentials_and_the_admin_endpoints_stay_on_the_main_listener(serving: Serving) -> None:
+    import urllib.error
+    import urllib.request
+
+    shared = serving.app[SHARED]
+    assert all(route.app[SHARED] is shared for route in serving.app[ROUTES])
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{serving.port}/readyz", timeout=10) as resp:
+                return bool(resp.status == 200)
+        except urllib.error.HTTPError:
+            return False
+
+    wait_for(ready, 30, "/readyz on the main listener")
+    with pytest.raises(urllib.error.HTTPError) as not_here:
+        urllib.request.urlopen(f"http://127.0.0.1:{serving.route_ports[0]}/readyz", timeout=10)
+    assert not_here.value.code == 404
+
+
+def test_the_readme_two_service_config_checks(tmp_path: Any) -> None:
+    """The README's two-service example is a valid config (check-config builds every route's service)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from proxy.local import clean_aws_environ
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```yaml\n(.*?)```", (root / "README.md").read_text(), re.S)
+    example = next(b for b in blocks if "routes:" in b)
+    path = tmp_path / "two-service.yaml"
+    path.write_text(example)
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_aws_environ(),
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "service: sns" in out.stdout and "port: 8979" in out.stdout
