@@ -11,6 +11,7 @@ from .credentials import CredentialManager
 from .metrics import Metrics
 from .models import Endpoint
 from .policy import Policy
+from .signing import ClockSkew
 from .translate import Translator
 from .upstream import Upstream
 from .validate import RuleSettings
@@ -28,3 +29,4 @@ class Service:
     credentials: CredentialManager
     attempts: AttemptPolicy
     metrics: Metrics
+    clock_skew: ClockSkew
