@@ -640,6 +640,37 @@ class FakeAWS:
 
         return raw_request(proxy.port, "GET", path)
 
+    def ok(self, proxy: Any) -> str:
+        """One GetSecretValue through the proxy that must answer 200; returns the access key that signed it."""
+        resp = self.get_secret(proxy)
+        assert resp.status == 200, resp.body
+        assert SECRET_VALUE.encode() in resp.body
+        last = self.upstream.calls[-1]
+        assert last.status == 200 and last.access_key is not None
+        return last.access_key
+
+    def metric(self, proxy: Any, name: str, labels: str = "", default: float | None = None) -> float:
+        """One sample scraped from the proxy's /metrics; ``default`` when absent (else that fails the test)."""
+        text = self.get(proxy, "/metrics").body.decode()
+        m = re.search(rf"^query_signing_proxy_{name}{re.escape(labels)} (\S+)$", text, re.M)
+        if m is None and default is not None:
+            return default
+        assert m is not None, f"{name}{labels} not in /metrics"
+        return float(m.group(1))
+
+    def settle(self, proxy: Any, action: str | None = None) -> None:
+        """Wait until every STS call the proxy made (of ``action``: the last call of each fetch) has finished
+        and been counted as a refresh."""
+
+        def counted() -> bool:
+            done = sum(
+                self.metric(proxy, "credential_refreshes_total", f'{{result="{result}"}}', default=0)
+                for result in ("success", "error")
+            )
+            return self.sts.waiting == 0 and done == len([c for c in self.sts.calls if action in (None, c.action)])
+
+        wait_until(counted, what="STS calls to finish")
+
     def wait_ready(self, proxy: Any) -> None:
         wait_until(lambda: self.get(proxy, "/readyz").status == 200, what="/readyz 200")
 
