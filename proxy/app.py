@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 import botocore.session
@@ -37,6 +37,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
 from .policy import Policy
 from .service import Service
+from .signing import ClockSkew
 from .translate import InputLimits, Translator
 from .upstream import AiohttpUpstream, Upstream
 from .validate import RuleSettings
@@ -59,6 +60,7 @@ class Shared:
     credentials: CredentialManager
     metrics: Metrics
     lifecycle: Lifecycle
+    clock_skew: ClockSkew = field(default_factory=ClockSkew)  # the local clock is one per process
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -191,6 +193,7 @@ def build_service(
         credentials=shared.credentials,
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
+        clock_skew=shared.clock_skew,
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
     )
 
@@ -200,7 +203,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
     await service.upstream.start()
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
-    shared.metrics.credential_expiry.set_function(lambda: _expiry_seconds(shared.credentials))
+    shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
     await shared.credentials.start()
     try:
         yield
@@ -219,15 +222,6 @@ async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await service.upstream.aclose()
 
 
-def _expiry_seconds(credentials: CredentialManager) -> float:
-    snap = credentials.snapshot
-    if snap is None:
-        return 0.0
-    if snap.expiry is None:
-        return float("inf")
-    return max(snap.expiry - time.time(), 0.0)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # admin endpoints (SPEC section 4): never the Query API, never the caller token
 
@@ -241,8 +235,7 @@ async def readyz(request: web.Request) -> web.Response:
     if shared.lifecycle.draining:
         return web.Response(status=503, text="shutting down\n")
     if not shared.credentials.ready():
-        reason = shared.credentials.last_error or "credentials not fetched yet"
-        return web.Response(status=503, text=f"no usable credentials: {reason}\n")
+        return web.Response(status=503, text=f"no usable credentials: {shared.credentials.unready_reason()}\n")
     return web.Response(text="ready\n")
 
 

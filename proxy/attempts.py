@@ -8,7 +8,8 @@ whole bounded by ``upstream.total_timeout_seconds``. Each attempt is signed afre
 
 Which requests may be retried is SPEC section 5's rule (reads, or writes carrying an idempotency token); a
 rejection of the credentials themselves (expired or revoked early) is answered before anything ran, so it
-is retried once for any operation after one forced credential refresh.
+is retried once for any operation after one forced credential refresh. So is a rejection of the signing time
+(clock skew) once :class:`~proxy.signing.ClockSkew` has learnt the offset from the answer's ``Date``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from . import errors
 from .credentials import Snapshot
 from .models import SignedRequest, UpstreamResponse
+from .signing import ClockSkew
 from .translate import upstream_error
 
 log = logging.getLogger("proxy.attempts")
@@ -50,6 +52,10 @@ TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "Prior
 EXPIRED_CREDENTIAL_CODES = frozenset(
     {"ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException"}
 )
+# The signing time was refused (AWS SDK for Java ``ClockSkewAdjuster``; Secrets Manager's JSON 1.1 answer is
+# InvalidSignatureException "Signature expired: ..." or "Signature not yet current: ...").
+CLOCK_SKEW_CODES = frozenset({"RequestTimeTooSkewed", "RequestExpired", "RequestInTheFuture"})
+CLOCK_SKEW_MESSAGES = ("signature expired", "signature not yet current")
 MAX_BACKOFF_SECONDS = 20.0
 
 
@@ -62,10 +68,15 @@ class AttemptPolicy:
 
 
 def classify(response: UpstreamResponse) -> str | None:
-    """``"expired"``, ``"throttled"``, ``"transient"`` or None (success or a final error)."""
+    """``"expired"``, ``"skewed"``, ``"throttled"``, ``"transient"`` or None (success or a final error)."""
     if response.status < 300:
         return None
-    code = upstream_error(response).code
+    error = upstream_error(response)
+    code = error.code
+    if code in CLOCK_SKEW_CODES or (
+        code == "InvalidSignatureException" and error.message.lower().startswith(CLOCK_SKEW_MESSAGES)
+    ):
+        return "skewed"
     if code in EXPIRED_CREDENTIAL_CODES:
         return "expired"
     if code in THROTTLING_CODES or response.status == 429:
@@ -93,26 +104,31 @@ async def send_with_retries(
     send: Callable[[SignedRequest], Awaitable[UpstreamResponse]],
     build: Callable[[Snapshot], SignedRequest],
     credentials_get: Callable[[], Awaitable[Snapshot]],
-    credentials_refresh: Callable[[], Awaitable[Snapshot]],
+    credentials_refresh: Callable[[Snapshot], Awaitable[Snapshot]],
     policy: AttemptPolicy,
     retryable: bool,
     record: AttemptRecord,
+    clock_skew: ClockSkew | None = None,
 ) -> UpstreamResponse:
     """Run attempts until an answer that is final, the attempts are spent or the deadline passes.
 
-    ``send`` is the transport's coroutine function, ``build`` signs a fresh request from a credential snapshot.
+    ``send`` is the transport's coroutine function, ``build`` signs a fresh request from a credential snapshot;
+    ``credentials_refresh(rejected)`` replaces the snapshot the upstream refused; ``clock_skew`` learns the
+    signing-time offset from a skew error (one retry).
     Returns the last upstream answer (success or error). Raises GatewayTimeout when the total deadline
     passes, BadGateway for a connection failure on the last attempt, CredentialsUnavailable.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.total_timeout
-    refreshed = False
+    refreshed = skew_corrected = False
+    rejected: Snapshot | None = None  # the snapshot the upstream refused, replaced before the next attempt
     while True:
         record.attempts += 1
         attempt = record.attempts
         try:
             async with asyncio.timeout_at(deadline):
-                creds = await credentials_get()
+                creds = await (credentials_refresh(rejected) if rejected is not None else credentials_get())
+                rejected = None
                 signed = build(creds)
                 started = time.perf_counter()
                 try:
@@ -138,7 +154,15 @@ async def send_with_retries(
                 return response
             refreshed = True
             log.warning("the upstream rejected the credentials; refreshing once and retrying")
-            await credentials_refresh()
+            rejected = creds
+            continue
+        if kind == "skewed":
+            if skew_corrected or clock_skew is None:
+                return response
+            if not clock_skew.correct(dict(signed.headers).get("X-Amz-Date"), response.header("Date")):
+                return response
+            skew_corrected = True
+            log.info("the upstream refused the signing time; retrying with the corrected clock")
             continue
         if not retryable:
             return response

@@ -1,15 +1,19 @@
 """Role-derived temporary credentials, fetched by botocore and refreshed ahead, never on the event loop.
 
-botocore finds the *source* credentials (its default chain: environment, shared config profile, IRSA web
-identity, container/EKS Pod Identity, instance metadata). With ``credentials.role_arn`` an AssumeRole is
-chained on top with botocore's ``AssumeRoleCredentialFetcher`` (ExternalId, RoleSessionName,
-DurationSeconds, Tags, SourceIdentity); without it the source credentials sign directly.
+botocore finds the *source* credentials with its own default chain (environment, shared config profile
+including its ``role_arn``/``source_profile`` chains, IRSA web identity, container / EKS Pod Identity, instance
+metadata). With ``credentials.role_arn`` an AssumeRole is chained on top with botocore's
+``AssumeRoleCredentialFetcher`` (ExternalId, RoleSessionName, DurationSeconds, Tags, SourceIdentity); without
+it the source credentials sign directly.
 
-botocore's ``RefreshableCredentials`` refreshes under a thread lock with a synchronous STS call, inside a
-fixed 15-minute advisory window (with 900-second credentials, on every call). Instead,
-:class:`CredentialManager` holds an immutable :class:`Snapshot`, refreshes it in a worker thread
-(``asyncio.to_thread``) once half of its lifetime has passed, shares one refresh among all waiters, and
-lets requests whose snapshot is still valid go on without waiting for STS.
+The refresh schedule is ours, not botocore's. botocore's ``RefreshableCredentials`` refreshes under a thread
+lock with a synchronous call, inside a fixed 15-minute advisory window (with 900-second credentials, on every
+call), and its fetchers cache by the same window. Instead each fetch here resolves the chain afresh with a
+cache that never holds anything, so every fetch is one real STS / container / IMDS call and every token file
+is read again. :class:`CredentialManager` holds an immutable :class:`Snapshot`, refreshes it in a worker
+thread (``asyncio.to_thread``) once half of its lifetime has passed, shares one fetch among all waiters,
+retries failures with exponential backoff and full jitter, and lets requests whose snapshot is still valid
+go on without waiting for STS. All scheduling reads one injectable ``clock`` (epoch seconds).
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from typing import Any
 
 import botocore.session
 from botocore.config import Config as BotocoreConfig
-from botocore.credentials import AssumeRoleCredentialFetcher
+from botocore.credentials import (
+    AssumeRoleCredentialFetcher,
+    Credentials,
+    DeferredRefreshableCredentials,
+    RefreshableCredentials,
+    create_credential_resolver,
+)
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import parse_timestamp
 
@@ -41,8 +51,15 @@ EXPIRY_MARGIN_SECONDS = 30.0
 # Refresh once this fraction of a snapshot's lifetime has passed (900 s credentials: after 450 s).
 REFRESH_FRACTION = 0.5
 MIN_REFRESH_INTERVAL_SECONDS = 1.0
+# Failed fetches are retried after random() * min(RETRY_MAX, RETRY_BASE * 2 ** failures) seconds (full jitter).
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+# The refresher never re-reads the schedule more often than this (a tiny jitter is not a busy loop).
+MIN_WAIT_SECONDS = 0.1
+# The upstream rejected credentials for these codes: the source behind them may be stale too.
+REJECTED_CREDENTIAL_CODES = frozenset(
+    {"ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +77,22 @@ class Snapshot:
         return f"Snapshot(access_key={mask(self.access_key)}, expiry={self.expiry})"
 
     def usable(self, now: float) -> bool:
+        """True while more than EXPIRY_MARGIN_SECONDS of validity are left at ``now`` (epoch seconds)."""
         return self.expiry is None or self.expiry - now > EXPIRY_MARGIN_SECONDS
 
-    def refresh_due(self, now: float) -> bool:
+    @property
+    def refresh_at(self) -> float | None:
+        """Epoch second to refresh at: half the lifetime after ``issued`` (at least 1 s), and never later than
+        the moment it stops being usable. None for credentials that never expire."""
         if self.expiry is None:
-            return False
+            return None
         lifetime = max(self.expiry - self.issued, 0.0)
-        return now >= self.issued + max(lifetime * REFRESH_FRACTION, MIN_REFRESH_INTERVAL_SECONDS) or not self.usable(
-            now
-        )
+        ahead = self.issued + max(lifetime * REFRESH_FRACTION, MIN_REFRESH_INTERVAL_SECONDS)
+        return min(ahead, self.expiry - EXPIRY_MARGIN_SECONDS)
+
+    def refresh_due(self, now: float) -> bool:
+        due = self.refresh_at
+        return due is not None and now >= due
 
 
 def mask(access_key: str) -> str:
@@ -79,11 +103,7 @@ def mask(access_key: str) -> str:
 Fetch = Callable[[], Snapshot]
 """A blocking credential fetch; runs in a worker thread. Raises CredentialsUnavailable."""
 
-_BOTOCORE_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
-    BotoCoreError: errors.CredentialsUnavailable,
-    ClientError: errors.CredentialsUnavailable,
-    OSError: errors.CredentialsUnavailable,
-}
+_BOTOCORE_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, ClientError, OSError, ValueError)
 
 
 def _epoch(value: Any) -> float | None:
@@ -103,49 +123,103 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    if isinstance(exc, BotoCoreError):
+        return str(exc)  # botocore's messages name the provider and the reason, never a secret
     return type(exc).__name__
 
 
-def source_fetch(session: botocore.session.Session, clock: Callable[[], float] = time.time) -> Fetch:
-    """Sign with the source credentials from botocore's default chain (no role to assume).
+def _error_code(exc: BaseException) -> str | None:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ClientError):
+            code = cause.response.get("Error", {}).get("Code")
+            return code if isinstance(code, str) else None
+        cause = cause.__cause__
+    return None
 
-    Refreshable sources (IRSA web identity, container, instance metadata) refresh through botocore's own
-    machinery when their expiry nears.
+
+class NeverCache(dict[str, Any]):
+    """A cache for botocore's ``CachedCredentialFetcher`` that never holds anything.
+
+    botocore's fetchers (AssumeRole from a profile, web identity, SSO) answer from their cache until 15 minutes
+    before expiry, judged by the real clock; with this cache every ``fetch_credentials()`` is one real call.
     """
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        pass
+
+
+def configure_session(session: botocore.session.Session, upstream: UpstreamConfig) -> None:
+    """Set what the STS clients botocore makes for the chain should use: ``upstream.ca_bundle`` (SPEC §3: used
+    for STS as well), the upstream's connect/read timeouts, and no botocore retries (the manager retries
+    with its own backoff, on its own clock)."""
+    if upstream.ca_bundle:
+        session.set_config_variable("ca_bundle", upstream.ca_bundle)
+    session.set_default_client_config(
+        BotocoreConfig(
+            connect_timeout=upstream.connect_timeout_seconds,
+            read_timeout=upstream.read_timeout_seconds,
+            retries={"mode": "standard", "total_max_attempts": 1},
+        )
+    )
+
+
+def _read_fresh(creds: Credentials) -> tuple[str, str, str | None, float | None]:
+    """Read credentials botocore has just loaded: ``(access_key, secret_key, token, expiry epoch or None)``.
+
+    A deferred credential (web identity, profile AssumeRole, SSO) fetches on its first read. A refreshable
+    one loaded with data (container, IMDS, process) is read as loaded: its public accessors would refresh a
+    second time when its lifetime is under botocore's fixed 15-minute advisory window.
+    """
+    if isinstance(creds, RefreshableCredentials) and not isinstance(creds, DeferredRefreshableCredentials):
+        frozen = getattr(creds, "_frozen_credentials", None) or creds.get_frozen_credentials()
+    else:
+        frozen = creds.get_frozen_credentials()
+    expiry = _epoch(getattr(creds, "_expiry_time", None)) if isinstance(creds, RefreshableCredentials) else None
+    token: str | None = frozen.token
+    return str(frozen.access_key or ""), str(frozen.secret_key or ""), token, expiry
+
+
+def source_fetch(
+    session: botocore.session.Session,
+    *,
+    region: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Fetch:
+    """The source credentials from botocore's default chain, resolved afresh at every fetch.
+
+    Each call walks botocore's provider chain (built once, with :class:`NeverCache`): static keys are read
+    again, a web-identity token file or a Pod Identity authorization token file is read again by path (so a
+    kubelet symlink swap is seen), and a refreshable source makes one real call. ``region`` is the STS
+    region for the chain's own STS clients. Raises CredentialsUnavailable.
+    """
+    resolver = create_credential_resolver(session, cache=NeverCache(), region_name=region)
 
     def fetch() -> Snapshot:
         try:
-            creds = session.get_credentials()
+            creds = resolver.load_credentials()
             if creds is None:
                 raise errors.CredentialsUnavailable(
                     "no AWS credentials found (environment, profile, web identity, container, instance metadata)"
                 )
-            frozen = creds.get_frozen_credentials()
+            access_key, secret_key, token, expiry = _read_fresh(creds)
         except errors.ProxyError:
             raise
-        except tuple(_BOTOCORE_ERRORS) as exc:
+        except _BOTOCORE_ERRORS as exc:
             raise errors.CredentialsUnavailable(f"source credentials failed: {_describe(exc)}") from exc
-        if not frozen.access_key or not frozen.secret_key:
+        if not access_key or not secret_key:
             raise errors.CredentialsUnavailable("the source credentials have no access key or secret key")
-        expiry = _epoch(getattr(creds, "_expiry_time", None))
-        return Snapshot(frozen.access_key, frozen.secret_key, frozen.token, expiry, clock())
+        return Snapshot(access_key, secret_key, token, expiry, clock())
 
     return fetch
 
 
-def assume_role_fetch(
-    session: botocore.session.Session,
-    creds_cfg: CredentialsConfig,
-    upstream: UpstreamConfig,
-    clock: Callable[[], float] = time.time,
-) -> Fetch:
-    """AssumeRole on top of the source credentials, every call a fresh STS request (botocore's fetcher).
-
-    STS is reached at its regional endpoint (or ``AWS_ENDPOINT_URL_STS``) with ``upstream.ca_bundle`` and the
-    upstream's connect/read timeouts.
-    """
-    role_arn = creds_cfg.role_arn
-    assert role_arn is not None
+def assume_role_args(creds_cfg: CredentialsConfig) -> dict[str, Any]:
+    """AssumeRole's parameters besides RoleArn from ``credentials.*``: RoleSessionName (default: the per-host
+    :func:`~proxy.config.default_session_name`), DurationSeconds, ExternalId, Tags, SourceIdentity."""
     extra: dict[str, Any] = {
         "RoleSessionName": creds_cfg.role_session_name or default_session_name(),
         "DurationSeconds": creds_cfg.duration_seconds,
@@ -156,43 +230,62 @@ def assume_role_fetch(
         extra["Tags"] = [{"Key": k, "Value": v} for k, v in creds_cfg.session_tags.items()]
     if creds_cfg.source_identity:
         extra["SourceIdentity"] = creds_cfg.source_identity
-    client_config = BotocoreConfig(
-        connect_timeout=upstream.connect_timeout_seconds,
-        read_timeout=upstream.read_timeout_seconds,
-        retries={"mode": "standard", "max_attempts": 2},
-    )
+    return extra
+
+
+def assume_role_fetch(
+    session: botocore.session.Session,
+    source: Fetch,
+    creds_cfg: CredentialsConfig,
+    upstream: UpstreamConfig,
+    clock: Callable[[], float] = time.time,
+) -> Fetch:
+    """AssumeRole ``credentials.role_arn`` on top of ``source``; every call is one real STS AssumeRole.
+
+    The source snapshot is kept between calls and fetched again once half its lifetime has passed (so IRSA or
+    Pod Identity credentials under the role are refreshed on their own schedule), or after STS rejected it.
+    A source that fails to refresh while its snapshot is still usable is used as it is. STS is reached at its
+    regional endpoint (or ``AWS_ENDPOINT_URL_STS``) with ``upstream.ca_bundle`` and the upstream's timeouts.
+    Raises CredentialsUnavailable.
+    """
+    role_arn = creds_cfg.role_arn
+    assert role_arn is not None
+    extra = assume_role_args(creds_cfg)
     create_client = functools.partial(
         session.create_client,
         region_name=upstream.region,
         verify=upstream.ca_bundle or session.get_config_variable("ca_bundle") or True,
-        config=client_config,
     )
-    fetcher_box: list[AssumeRoleCredentialFetcher] = []
+    held: list[Snapshot] = []  # the source snapshot; fetches are serial (one in flight, see CredentialManager)
+
+    def source_snapshot(now: float) -> Snapshot:
+        current = held[0] if held else None
+        if current is not None and not current.refresh_due(now):
+            return current
+        try:
+            fresh = source()
+        except errors.ProxyError as exc:
+            if current is None or not current.usable(now):
+                raise
+            log.warning("source credential refresh failed; using the current ones", extra={"reason": exc.message})
+            return current
+        held[:] = [fresh]
+        return fresh
 
     def fetch() -> Snapshot:
+        src = source_snapshot(clock())
+        fetcher = AssumeRoleCredentialFetcher(
+            create_client,
+            Credentials(src.access_key, src.secret_key, src.token),
+            role_arn,
+            extra_args=extra,
+            cache=NeverCache(),
+        )
         try:
-            if not fetcher_box:
-                source = session.get_credentials()
-                if source is None:
-                    raise errors.CredentialsUnavailable(
-                        f"no source credentials to assume {role_arn} with "
-                        "(environment, profile, web identity, container, instance metadata)"
-                    )
-                # An expiry window longer than any session makes botocore's cache always stale: each
-                # fetch is a real AssumeRole, and the refresh schedule is ours.
-                fetcher_box.append(
-                    AssumeRoleCredentialFetcher(
-                        create_client,
-                        source,
-                        role_arn,
-                        extra_args=extra,
-                        expiry_window_seconds=10**9,
-                    )
-                )
-            data = fetcher_box[0].fetch_credentials()
-        except errors.ProxyError:
-            raise
-        except tuple(_BOTOCORE_ERRORS) as exc:
+            data = fetcher.fetch_credentials()
+        except _BOTOCORE_ERRORS as exc:
+            if _error_code(exc) in REJECTED_CREDENTIAL_CODES:
+                held.clear()  # STS refused the source credentials: fetch them again next time
             raise errors.CredentialsUnavailable(f"AssumeRole {role_arn} failed: {_describe(exc)}") from exc
         return Snapshot(data["access_key"], data["secret_key"], data["token"], _epoch(data["expiry_time"]), clock())
 
@@ -205,10 +298,15 @@ def build_fetch(
     upstream: UpstreamConfig,
     clock: Callable[[], float] = time.time,
 ) -> Fetch:
-    """The fetch for this configuration: AssumeRole when ``role_arn`` is set, else the source credentials."""
+    """The fetch for this configuration: the source chain, with AssumeRole on top when ``role_arn`` is set.
+
+    Configures ``session`` for the STS clients of the chain (:func:`configure_session`).
+    """
+    configure_session(session, upstream)
+    source = source_fetch(session, region=upstream.region, clock=clock)
     if creds_cfg.role_arn:
-        return assume_role_fetch(session, creds_cfg, upstream, clock)
-    return source_fetch(session, clock)
+        return assume_role_fetch(session, source, creds_cfg, upstream, clock)
+    return source
 
 
 def static_fetch(access_key: str, secret_key: str, token: str | None = None) -> Fetch:
@@ -220,19 +318,31 @@ def static_fetch(access_key: str, secret_key: str, token: str | None = None) -> 
 class CredentialManager:
     """The current credentials for signing, refreshed ahead of expiry in the background.
 
-    ``get()`` returns at once while the snapshot is usable (starting a background refresh when half its
-    lifetime has passed); it waits only when there is no usable snapshot. Concurrent refreshes are one
-    fetch. Failed refreshes keep the old snapshot and retry with exponential backoff and full jitter.
-    ``clock`` is epoch seconds (injectable for tests).
+    ``get()`` returns at once while the snapshot is usable; when half its lifetime has passed it only wakes
+    the background refresher, so a request never waits for STS while it holds valid credentials. Without a
+    usable snapshot ``get()`` joins the fetch (one for all waiters), or, when the last fetch failed, raises
+    CredentialsUnavailable at once while the refresher retries with exponential backoff and full jitter
+    (``random() * min(60, 2 ** failures)`` seconds). ``clock`` is epoch seconds (injectable for tests);
+    ``rand`` is the jitter source in [0, 1).
     """
 
-    def __init__(self, fetch: Fetch, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self._fetch = fetch
         self._clock = clock
+        self._rand = rand
         self._snapshot: Snapshot | None = None
+        self._rejected: Snapshot | None = None  # refused by the upstream: not signed with again
         self._inflight: asyncio.Task[Snapshot] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._failures = 0
+        self._retry_at = 0.0
         self.last_error: str | None = None
         self.on_refresh: Callable[[str, Snapshot | None], None] = lambda result, snap: None
 
@@ -240,25 +350,77 @@ class CredentialManager:
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
 
+    @property
+    def failures(self) -> int:
+        """Consecutive failed fetches (0 after a success)."""
+        return self._failures
+
+    def _usable(self, snap: Snapshot | None, now: float) -> bool:
+        return snap is not None and snap is not self._rejected and snap.usable(now)
+
     def ready(self) -> bool:
-        """True while a usable (unexpired) snapshot is held."""
+        """True while a usable snapshot is held (unexpired, and not refused by the upstream)."""
+        return self._usable(self._snapshot, self._clock())
+
+    def unready_reason(self) -> str:
+        """Why :meth:`ready` is False, for /readyz and error messages (no secrets in it)."""
         snap = self._snapshot
-        return snap is not None and snap.usable(self._clock())
+        if snap is None:
+            why = "not fetched yet"
+        elif snap is self._rejected:
+            why = "the upstream refused the current credentials"
+        else:
+            why = "the current credentials expired"
+        return f"{why}; last refresh error: {self.last_error}" if self.last_error else why
+
+    def seconds_until_expiry(self) -> float:
+        """Seconds until the held credentials expire: 0 without any, ``inf`` for credentials that never do."""
+        snap = self._snapshot
+        if snap is None:
+            return 0.0
+        if snap.expiry is None:
+            return float("inf")
+        return max(snap.expiry - self._clock(), 0.0)
+
+    def wake(self) -> None:
+        """Make the background refresher look at the schedule now (call in the manager's loop)."""
+        self._wake.set()
 
     async def get(self) -> Snapshot:
         """The credentials to sign with now. Raises CredentialsUnavailable when none are usable."""
         snap = self._snapshot
         now = self._clock()
-        if snap is not None and snap.usable(now):
-            if snap.refresh_due(now) and self._inflight is None:
-                self._start_refresh()
+        if snap is not None and self._usable(snap, now):
+            if snap.refresh_due(now):
+                self._wake.set()
             return snap
+        if self._failures and (self._inflight is not None or now < self._retry_at):
+            raise errors.CredentialsUnavailable(self._unavailable())
         return await self.refresh()
 
-    async def refresh(self) -> Snapshot:
-        """Fetch new credentials now (joining a fetch already under way). Raises CredentialsUnavailable."""
+    async def refresh(self, rejected: Snapshot | None = None) -> Snapshot:
+        """Fetch new credentials now, joining a fetch already under way. Raises CredentialsUnavailable.
+
+        ``rejected`` is the snapshot the upstream refused (expired or revoked early); it is not signed with
+        again. When another usable snapshot has replaced it meanwhile, that one is returned without a fetch;
+        while fetches are failing and backing off, CredentialsUnavailable is raised instead of calling STS once
+        per request.
+        """
+        if rejected is not None:
+            now = self._clock()
+            current = self._snapshot
+            if current is rejected:
+                self._rejected = rejected
+            elif self._usable(current, now):
+                assert current is not None
+                return current
+            if self._inflight is None and self._failures and now < self._retry_at:
+                raise errors.CredentialsUnavailable(self._unavailable())
         task = self._inflight or self._start_refresh()
         return await asyncio.shield(task)
+
+    def _unavailable(self) -> str:
+        return f"no valid AWS credentials, retrying in the background ({self.unready_reason()})"
 
     def _start_refresh(self) -> asyncio.Task[Snapshot]:
         task = asyncio.get_running_loop().create_task(self._do_refresh())
@@ -275,27 +437,54 @@ class CredentialManager:
     async def _do_refresh(self) -> Snapshot:
         try:
             snap = await asyncio.to_thread(self._fetch)
+            if not snap.usable(self._clock()):
+                raise errors.CredentialsUnavailable(
+                    f"the credential source returned credentials that expire in {_remaining(snap, self._clock())} s"
+                )
         except errors.ProxyError as exc:
-            self.last_error = exc.message
-            log.warning("credential refresh failed", extra={"reason": exc.message})
-            self.on_refresh("error", None)
+            self._failed(exc.message)
             raise
         except Exception as exc:  # a bug or an unexpected library error: never crash the refresher
-            self.last_error = type(exc).__name__
-            log.error("credential refresh failed", extra={"reason": type(exc).__name__})
-            self.on_refresh("error", None)
+            self._failed(type(exc).__name__)
             raise errors.CredentialsUnavailable(f"credential refresh failed: {type(exc).__name__}") from exc
         self._snapshot = snap
+        self._failures = 0
+        self._retry_at = 0.0
         self.last_error = None
         log.info(
             "credentials refreshed",
-            extra={
-                "access_key_id": mask(snap.access_key),
-                "expires_in_seconds": _remaining(snap, self._clock()),
-            },
+            extra={"access_key_id": mask(snap.access_key), "expires_in_seconds": _remaining(snap, self._clock())},
         )
         self.on_refresh("success", snap)
         return snap
+
+    def _failed(self, reason: str) -> None:
+        self._failures += 1
+        delay = self._rand() * min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2.0**self._failures)
+        now = self._clock()
+        self._retry_at = now + delay
+        self.last_error = reason
+        current = self._snapshot
+        log.warning(
+            "credential refresh failed",
+            extra={
+                "reason": reason,
+                "failures": self._failures,
+                "retry_in_seconds": round(delay, 2),
+                "valid_for_seconds": None if current is None else _remaining(current, now),
+            },
+        )
+        self.on_refresh("error", None)
+
+    def _next_refresh(self) -> float | None:
+        """Clock second of the next background fetch: after a failure, the end of its backoff; else the
+        snapshot's refresh time (now when there is none or it was refused); None when it never expires."""
+        if self._failures:
+            return self._retry_at
+        snap = self._snapshot
+        if snap is None or snap is self._rejected:
+            return self._clock()
+        return snap.refresh_at
 
     async def start(self) -> None:
         """Start the background refresher (the first fetch starts at once; failures are retried)."""
@@ -311,28 +500,16 @@ class CredentialManager:
         self._runner = None
 
     async def _run(self) -> None:
-        failures = 0
         while True:
-            snap = self._snapshot
-            now = self._clock()
-            if snap is None or snap.refresh_due(now):
-                try:
-                    await self.refresh()
-                    failures = 0
-                    continue
-                except errors.ProxyError:
-                    failures += 1
-                    delay = random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**failures))
-            else:
-                if snap.expiry is None:
-                    delay = None
-                else:
-                    lifetime = max(snap.expiry - snap.issued, 0.0)
-                    due = snap.issued + max(lifetime * REFRESH_FRACTION, MIN_REFRESH_INTERVAL_SECONDS)
-                    delay = max(due - now, MIN_REFRESH_INTERVAL_SECONDS)
             self._wake.clear()
+            due = self._next_refresh()
+            now = self._clock()
+            if due is not None and now >= due:
+                with contextlib.suppress(errors.ProxyError):
+                    await self.refresh()
+                continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(None if due is None else max(due - now, MIN_WAIT_SECONDS)):
                     await self._wake.wait()
 
 
@@ -343,9 +520,12 @@ def _remaining(snap: Snapshot, now: float) -> float | None:
 __all__ = [
     "CredentialManager",
     "Fetch",
+    "NeverCache",
     "Snapshot",
+    "assume_role_args",
     "assume_role_fetch",
     "build_fetch",
+    "configure_session",
     "mask",
     "source_fetch",
     "static_fetch",

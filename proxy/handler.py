@@ -56,7 +56,14 @@ async def send_upstream(
     record = AttemptRecord()
 
     def build(creds: Snapshot) -> SignedRequest:
-        return sign(method="POST", endpoint=service.endpoint, headers=headers, body=body, credentials=creds)
+        return sign(
+            method="POST",
+            endpoint=service.endpoint,
+            headers=headers,
+            body=body,
+            credentials=creds,
+            clock_offset=service.clock_skew.offset,
+        )
 
     try:
         response = await send_with_retries(
@@ -67,6 +74,7 @@ async def send_upstream(
             policy=service.attempts,
             retryable=operation.retryable,
             record=record,
+            clock_skew=service.clock_skew,
         )
     finally:
         ctx.attempts = record.attempts

@@ -12,6 +12,7 @@ from .guard import CredentialGuard
 from .metrics import Metrics
 from .models import Endpoint
 from .policy import Policy
+from .signing import ClockSkew
 from .translate import Translator
 from .upstream import Upstream
 from .validate import RuleSettings
@@ -29,6 +30,7 @@ class Service:
     credentials: CredentialManager
     attempts: AttemptPolicy
     metrics: Metrics
+    clock_skew: ClockSkew
     guard: CredentialGuard = CredentialGuard(frozenset())  # operations that hand out credentials (SPEC 5)
 
     @property

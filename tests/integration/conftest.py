@@ -1,4 +1,5 @@
-"""Fixtures for tests through the real listener against a recording upstream (tests/recorder.py)."""
+"""Fixtures for tests through the real listener: against a recording upstream (tests/recorder.py), and against
+a test STS and signature-verifying upstream on a fake clock (tests/fakeaws.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import trustme
 
 from proxy.app import create_app
 from proxy.credentials import static_fetch
+from tests.fakeaws import FakeAWS
 from tests.recorder import RecordingUpstream, recorder_config
 from tests.support import ServerThread
 
@@ -69,3 +71,18 @@ def listener_tls(listener_ca: trustme.CA, tmp_path_factory: pytest.TempPathFacto
 def client_tls(listener_tls: dict[str, str]) -> ssl.SSLContext:
     """A verifying client context for the proxy's TLS listener."""
     return ssl.create_default_context(cafile=listener_tls["ca_file"])
+
+
+@pytest.fixture(scope="session")
+def fake_aws_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def aws(tmp_path: Any, fake_aws_ca: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAWS]:
+    """A test STS and a signature-verifying test upstream over TLS, on a fake clock (:class:`FakeAWS`)."""
+    world = FakeAWS(tmp_path, fake_aws_ca, monkeypatch)
+    try:
+        yield world
+    finally:
+        world.close()
