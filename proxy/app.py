@@ -25,6 +25,7 @@ from aiohttp import web
 
 from . import __version__
 from .attempts import AttemptPolicy
+from .cache import SecretCache
 from .config import Config, ConfigError, is_loopback, redacted
 from .credentials import CredentialManager, Fetch, build_fetch
 from .endpoints import resolve_endpoint
@@ -86,8 +87,8 @@ def create_app(
     ``session`` is the botocore session (default: a fresh one from the environment); ``fetch`` replaces the
     credential fetch (default: :func:`~proxy.credentials.build_fetch` on the config); ``upstream`` replaces
     the aiohttp transport (tests of pure pipeline logic); ``resolver`` is the DNS resolver of the aiohttp
-    transport; ``clock`` is epoch seconds for credential expiry. Raises ConfigError for what can only be
-    checked against botocore (service, endpoint, operation names in the policy).
+    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages. Raises ConfigError for
+    what can only be checked against botocore (service, endpoint, operation names in the policy).
     """
     session = session or botocore_session()
     if shared is None:
@@ -95,7 +96,7 @@ def create_app(
             fetch or build_fetch(session, cfg.credentials, cfg.upstream, clock), clock=clock
         )
         shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
-    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver)
+    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock)
     app = web.Application(
         middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests)],
         client_max_size=cfg.limits.max_body_bytes,
@@ -117,8 +118,9 @@ def build_service(
     *,
     upstream: Upstream | None = None,
     resolver: aiohttp.abc.AbstractResolver | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Service:
-    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport."""
+    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport, cache."""
     up = cfg.upstream
     endpoint = resolve_endpoint(session, up)
     model = session.get_service_model(up.service)
@@ -149,6 +151,7 @@ def build_service(
         credentials=shared.credentials,
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
+        cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
     )
 
 

@@ -1,11 +1,12 @@
 """One upstream service as the pipeline sees it: everything prepared once at start-up and shared by all
-requests (endpoint, translator, policy, rules, transport, credentials)."""
+requests (endpoint, translator, policy, rules, transport, credentials, secret cache)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .attempts import AttemptPolicy
+from .cache import SecretCache
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
 from .metrics import Metrics
@@ -28,3 +29,4 @@ class Service:
     credentials: CredentialManager
     attempts: AttemptPolicy
     metrics: Metrics
+    cache: SecretCache
