@@ -39,7 +39,8 @@ class Upstream:
         self.arns = {name: f"{PREFIX}{name}-AbCdEf" for name in self.values}
         self.calls: dict[str, int] = {}
         self.fail: BaseException | UpstreamResponse | None = None
-        self.gates: dict[str, asyncio.Event] = {}  # operation -> held until set
+        self.holding: set[str] = set()  # operations whose calls wait for a release
+        self.held: list[asyncio.Event] = []  # one per held call, in arrival order
 
     def name_of(self, secret_id: str) -> str | None:
         for name, arn in self.arns.items():
@@ -58,29 +59,44 @@ class Upstream:
         }
 
     def fetch(self, operation: Operation) -> Any:
+        """The upstream call for ``operation``: answers from the state at arrival, then waits while held."""
+
         async def call() -> UpstreamResponse:
             self.calls[operation.name] = self.calls.get(operation.name, 0) + 1
-            if operation.name in self.gates:
-                await self.gates[operation.name].wait()
-            if isinstance(self.fail, BaseException):
-                raise self.fail
-            if self.fail is not None:
-                return self.fail
-            data = operation.input
-            if operation.name == "GetSecretValue":
-                name = self.name_of(data["SecretId"])
-                if name is None:
-                    return error(400, "ResourceNotFoundException")
-                return ok(self.entry(name))
-            if operation.name == "BatchGetSecretValue":
-                found = [self.name_of(i) for i in data.get("SecretIdList", ())]
-                return ok({"SecretValues": [self.entry(n) for n in found if n], "Errors": []})
-            name = self.name_of(operation.secret_ids[0]) if operation.secret_ids else None
-            if operation.name == "PutSecretValue" and name:
-                self.values[name] = data.get("SecretString", "put")
-            return ok({"ARN": self.arns[name], "Name": name} if name else {})
+            answer = self.answer(operation)
+            if operation.name in self.holding:
+                self.held.append(release := asyncio.Event())
+                await release.wait()
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
 
         return call
+
+    def answer(self, operation: Operation) -> UpstreamResponse | BaseException:
+        if self.fail is not None:
+            return self.fail
+        data = operation.input
+        if operation.name == "GetSecretValue":
+            name = self.name_of(data["SecretId"])
+            if name is None:
+                return error(400, "ResourceNotFoundException")
+            return ok(self.entry(name))
+        if operation.name == "BatchGetSecretValue":
+            found = [self.name_of(i) for i in data.get("SecretIdList", ())]
+            return ok({"SecretValues": [self.entry(n) for n in found if n], "Errors": []})
+        name = self.name_of(operation.secret_ids[0]) if operation.secret_ids else None
+        if operation.name == "PutSecretValue" and name:
+            self.values[name] = data.get("SecretString", "put")
+        return ok({"ARN": self.arns[name], "Name": name} if name else {})
+
+    def hold(self, name: str = "GetSecretValue") -> None:
+        self.holding.add(name)
+
+    def release(self) -> None:
+        self.holding.clear()
+        for event in self.held:
+            event.set()
 
     def count(self, name: str = "GetSecretValue") -> int:
         return self.calls.get(name, 0)
@@ -310,11 +326,14 @@ async def test_every_write_invalidates_the_secrets_it_names(f: Fixture, name: st
     assert f.upstream.count() == 4
 
 
+@pytest.mark.parametrize("name", ["app/db", "app/my-secret"])  # a partial ARN that ends like a suffix
 @pytest.mark.parametrize("form", ["name", "arn", "partial arn"])
-async def test_a_write_by_any_form_of_the_id_invalidates(f: Fixture, form: str) -> None:
-    arn = f.upstream.arns["app/db"]
-    await f.value("app/db")
-    await f.ask(write("PutSecretValue", {"name": "app/db", "arn": arn, "partial arn": arn[:-7]}[form]))
+async def test_a_write_by_any_form_of_the_id_invalidates(f: Fixture, form: str, name: str) -> None:
+    f.upstream.values[name] = "v"
+    f.upstream.arns[name] = arn = f"{PREFIX}{name}-AbCdEf"
+    await f.value(name)
+    f.upstream.fail = ok({})  # the answer names no secret: the ids of the request must do
+    await f.ask(write("PutSecretValue", {"name": name, "arn": arn, "partial arn": arn[:-7]}[form]))
     assert len(f.cache) == 0
 
 
@@ -349,17 +368,18 @@ async def test_other_reads_neither_use_nor_invalidate_the_cache(f: Fixture) -> N
 
 
 async def test_a_read_in_flight_when_a_write_lands_is_answered_but_not_stored(f: Fixture) -> None:
-    gate = f.upstream.gates["GetSecretValue"] = asyncio.Event()
+    f.upstream.hold()
     early = asyncio.ensure_future(f.value("app/db"))
-    await until(lambda: f.upstream.count() == 1)
+    await until(lambda: len(f.upstream.held) == 1)
     put = write("PutSecretValue", "app/db")
     put.input["SecretString"] = "v2"
     await f.ask(put)
     late = asyncio.ensure_future(f.value("app/db"))  # after the write: must not join the early read
-    await until(lambda: f.upstream.count() == 2)
-    gate.set()
+    await until(lambda: len(f.upstream.held) == 2)
+    f.upstream.held[1].set()
     assert await late == "v2"
-    await early
+    f.upstream.held[0].set()
+    await early  # answered after the write, with what it read before it: not stored over the newer value
     assert await f.value("app/db") == "v2"
     assert f.upstream.count() == 2
 
@@ -384,40 +404,40 @@ async def test_no_cache_bypasses_and_refreshes_the_entry(f: Fixture) -> None:
 
 
 async def test_concurrent_misses_share_one_upstream_call(f: Fixture) -> None:
-    gate = f.upstream.gates["GetSecretValue"] = asyncio.Event()
+    f.upstream.hold()
     by_name = [asyncio.ensure_future(f.value("app/db")) for _ in range(20)]
     await until(lambda: f.metric("cache_misses_total") == 20)
-    gate.set()
+    f.upstream.release()
     assert await asyncio.gather(*by_name) == ["v1"] * 20
     assert f.upstream.count() == 1
 
 
 async def test_a_no_cache_request_does_not_join_a_call_in_flight(f: Fixture) -> None:
-    gate = f.upstream.gates["GetSecretValue"] = asyncio.Event()
+    f.upstream.hold()
     first = asyncio.ensure_future(f.ask(op("GetSecretValue", SecretId="app/db")))
     second = asyncio.ensure_future(f.ask(op("GetSecretValue", SecretId="app/db"), "no-cache"))
     await until(lambda: f.upstream.count() == 2)
-    gate.set()
+    f.upstream.release()
     await asyncio.gather(first, second)
 
 
 async def test_one_waiter_going_away_does_not_cancel_the_others(f: Fixture) -> None:
-    gate = f.upstream.gates["GetSecretValue"] = asyncio.Event()
+    f.upstream.hold()
     leader = asyncio.ensure_future(f.value("app/db"))
     follower = asyncio.ensure_future(f.value("app/db"))
     await until(lambda: f.metric("cache_misses_total") == 2)
     leader.cancel()
-    gate.set()
+    f.upstream.release()
     assert await follower == "v1"
     assert f.upstream.count() == 1 and len(f.cache) == 1
 
 
 async def test_an_upstream_error_reaches_every_waiter(f: Fixture) -> None:
-    gate = f.upstream.gates["GetSecretValue"] = asyncio.Event()
+    f.upstream.hold()
     f.upstream.fail = errors.BadGateway("refused")
     waiters = [asyncio.ensure_future(f.value("app/db")) for _ in range(3)]
     await until(lambda: f.metric("cache_misses_total") == 3)
-    gate.set()
+    f.upstream.release()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(r, errors.BadGateway) for r in results)
     assert f.upstream.count() == 1
