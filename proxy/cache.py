@@ -140,6 +140,8 @@ class SecretCache:
         self.stale = float(cfg.serve_stale_seconds)
         self.max_entries = cfg.max_entries
         self._metrics = metrics
+        self._fresh_hits = metrics.cache_hits.labels(freshness="fresh")
+        self._stale_hits = metrics.cache_hits.labels(freshness="stale")
         self._clock = clock
         self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()  # least recently used first
         self._secrets: dict[str, _Secret] = {}  # ARN -> its keys and aliases
@@ -170,7 +172,7 @@ class SecretCache:
         if not refresh:
             cached = self._lookup(read, self.ttl)
             if cached is not None:
-                self._metrics.cache_hits.labels(freshness="fresh").inc()
+                self._fresh_hits.inc()
                 return cached
         self._metrics.cache_misses.inc()
         try:
@@ -241,7 +243,7 @@ class SecretCache:
     def _stale(self, read: _Read) -> UpstreamResponse | None:
         cached = self._lookup(read, self.ttl + self.stale) if self.stale > 0 else None
         if cached is not None:
-            self._metrics.cache_hits.labels(freshness="stale").inc()
+            self._stale_hits.inc()
         return cached
 
     async def _shared_fetch(self, read: _Read, fetch: Fetch, refresh: bool) -> UpstreamResponse:

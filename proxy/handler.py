@@ -27,9 +27,10 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     operation = service.translator.decode(query.action, query.version, query.params)
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
     service.policy.check(operation)
-    headers, body = service.translator.json_request(operation)
     response = await service.cache.answer(  # after the policy: a denied request never reaches the cache
-        operation, request.headers.get("Cache-Control"), lambda: send_upstream(service, ctx, operation, headers, body)
+        operation,
+        request.headers.get("Cache-Control"),
+        lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
     )
     if response.status >= 300:
         raise upstream_error(response)
