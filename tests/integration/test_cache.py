@@ -209,6 +209,16 @@ def test_a_denied_secret_is_never_answered_from_the_cache(start_proxy: Any, emul
     assert metric(proxy, "cache_misses_total") == 1
 
 
+def test_a_cached_value_still_needs_the_caller_token(start_proxy: Any, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    proxy = start_proxy(cache={"enabled": True}, policy={"token_header": "X-Proxy-Token", "token_file": str(token)})
+    assert value(proxy, "demo/db-password", {"X-Proxy-Token": "s3cret-token"}) is not None
+    assert read(proxy, "demo/db-password") == (403, None)
+    assert read(proxy, "demo/db-password", {"X-Proxy-Token": "wrong"}) == (403, None)
+    assert metric(proxy, "cache_hits_total", freshness="fresh") == 0
+
+
 def test_cache_metrics_are_exposed(cached: ServerThread) -> None:
     value(cached, "demo/db-password")
     text = raw_request(cached.port, "GET", "/metrics").body.decode()
