@@ -27,6 +27,7 @@ from aiohttp import web
 
 from . import __version__
 from .attempts import AttemptPolicy
+from .cache import SecretCache
 from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
 from .credentials import CredentialManager, Fetch, build_fetch
 from .dispatch import PROTOCOLS, handle
@@ -105,8 +106,8 @@ def create_app(
     ``session`` is the botocore session (default: a fresh one from the environment); ``fetch`` replaces the
     credential fetch (default: :func:`~proxy.credentials.build_fetch` on the config); ``upstream`` replaces
     the aiohttp transport (tests of pure pipeline logic); ``resolver`` is the DNS resolver of the aiohttp
-    transport; ``clock`` is epoch seconds for credential expiry. Raises ConfigError for what can only be
-    checked against botocore (service, endpoint, operation names in the policy).
+    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages. Raises ConfigError for
+    what can only be checked against botocore (service, endpoint, operation names in the policy).
     """
     session = session or botocore_session()
     if shared is None:
@@ -114,7 +115,7 @@ def create_app(
             fetch or build_fetch(session, cfg.credentials, cfg.upstream, clock), clock=clock
         )
         shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
-    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver)
+    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock)
     app = _listener_app(cfg, shared, service)
     if cfg.admin.host is None:
         add_admin_routes(app)
@@ -122,7 +123,7 @@ def create_app(
     routes = []
     for i, route in enumerate(cfg.routes):
         route_cfg = route_config(cfg, route)
-        route_service = build_service(route_cfg, session, shared, resolver=resolver, key=f"routes[{i}]")
+        route_service = build_service(route_cfg, session, shared, resolver=resolver, key=f"routes[{i}]", clock=clock)
         route_app = _listener_app(route_cfg, shared, route_service)
         route_app.cleanup_ctx.append(_route_lifecycle)
         routes.append(RouteApp(i, route, route_app))
@@ -155,8 +156,9 @@ def build_service(
     upstream: Upstream | None = None,
     resolver: aiohttp.abc.AbstractResolver | None = None,
     key: str = "",
+    clock: Callable[[], float] = time.time,
 ) -> Service:
-    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport.
+    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport, cache.
 
     ``key`` prefixes the config keys named in errors (``routes[0]`` for a route's ``upstream``/``policy``).
     Raises ConfigError for a service whose model protocol no pipeline serves (:data:`~proxy.dispatch.PROTOCOLS`).
@@ -194,6 +196,7 @@ def build_service(
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
+        cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
     )
 

@@ -30,8 +30,11 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
     service.guard.check(operation)
     service.policy.check(operation)
-    headers, body = service.translator.json_request(operation)
-    response = await send_upstream(service, ctx, operation, headers, body)
+    response = await service.cache.answer(  # after the policy: a denied request never reaches the cache
+        operation,
+        request.headers.get("Cache-Control"),
+        lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
+    )
     if response.status >= 300:
         raise upstream_error(response)
     document = service.translator.render_result(

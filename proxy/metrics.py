@@ -20,6 +20,10 @@ class Metrics:
     in_flight: Gauge
     credential_expiry: Gauge
     credential_refreshes: Counter
+    cache_hits: Counter
+    cache_misses: Counter
+    cache_evictions: Counter
+    cache_entries: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -62,6 +66,22 @@ class Metrics:
             credential_refreshes=Counter(
                 f"{PREFIX}_credential_refreshes", "Credential refreshes, by result", ["result"], registry=r
             ),
+            cache_hits=Counter(
+                f"{PREFIX}_cache_hits",
+                "Secret reads answered from the cache; stale: expired, served while the upstream failed",
+                ["freshness"],
+                registry=r,
+            ),
+            cache_misses=Counter(
+                f"{PREFIX}_cache_misses", "Cacheable secret reads that needed the upstream", registry=r
+            ),
+            cache_evictions=Counter(
+                f"{PREFIX}_cache_evictions",
+                "Cache entries removed, by reason (capacity, expired, invalidated)",
+                ["reason"],
+                registry=r,
+            ),
+            cache_entries=Gauge(f"{PREFIX}_cache_entries", "Secret values held in the cache", registry=r),
         )
 
     def render(self) -> bytes:

@@ -1,11 +1,12 @@
 """One upstream service as the pipeline sees it: everything prepared once at start-up and shared by all
-requests (endpoint, translator, policy, rules, transport, credentials)."""
+requests (endpoint, translator, policy, rules, transport, credentials, secret cache)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .attempts import AttemptPolicy
+from .cache import SecretCache
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
 from .guard import CredentialGuard
@@ -31,6 +32,7 @@ class Service:
     attempts: AttemptPolicy
     metrics: Metrics
     clock_skew: ClockSkew
+    cache: SecretCache
     guard: CredentialGuard = CredentialGuard(frozenset())  # operations that hand out credentials (SPEC 5)
 
     @property

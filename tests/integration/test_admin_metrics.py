@@ -145,7 +145,7 @@ def test_admin_listener_serves_only_admin_and_query_port_serves_no_admin(served:
 
 
 def test_every_series_moves_with_traffic(served: Callable[..., ServeThread], tmp_path_factory: Any) -> None:
-    proxy = served(policy={"allow_actions": ["*"]})
+    proxy = served(policy={"allow_actions": ["*"]}, cache={"enabled": True})
     legacy = legacy_client(f"http://127.0.0.1:{proxy.port}", str(tmp_path_factory.getbasetemp()))
     before = scrape(proxy.admin_port)
 
@@ -181,9 +181,24 @@ def test_every_series_moves_with_traffic(served: Callable[..., ServeThread], tmp
     assert 0 < value(after, p + "credential_expiry_seconds") <= 3600
     # the admin endpoints are not Query requests: scraping does not count
     assert moved("requests_total", action="-", code="OK") == 0
+    # the secret cache (on here): both GetSecretValue reads missed, one value is held; a repeat read is a hit
+    # without an upstream call (evictions: tests/unit/test_cache.py)
+    assert moved("cache_misses_total") == 2
+    assert value(after, p + "cache_entries") == 1
+    assert legacy.get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
+    again = scrape(proxy.admin_port)
+    assert (
+        value(again, p + "cache_hits_total", freshness="fresh")
+        - value(after, p + "cache_hits_total", freshness="fresh")
+        == 1
+    )
+    assert value(again, p + "upstream_attempts_count", action="GetSecretValue") == value(
+        after, p + "upstream_attempts_count", action="GetSecretValue"
+    )
     # and nothing the proxy exports was left out above
     checked = {"requests", "request_duration_seconds", "upstream_duration_seconds", "upstream_attempts"}
     checked |= {"requests_in_flight", "credential_refreshes", "credential_expiry_seconds"}
+    checked |= {"cache_hits", "cache_misses", "cache_evictions", "cache_entries"}
     assert {family.name.removeprefix(p) for family in Metrics.create().registry.collect()} == checked
 
 

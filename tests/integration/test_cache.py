@@ -1,0 +1,426 @@
+"""The secret cache through the real listener.
+
+Against moto (signature checking on): a value changed behind the proxy's back is how a test sees that an
+answer came from the cache; every write through the proxy must make the next read go upstream again.
+Against a real aiohttp Secrets Manager over TLS (trustme CA), which counts the calls it gets and can fail on
+demand: hits, expiry under a controlled clock, single flight and stale answers, counted at the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+import pytest
+import trustme
+from aiohttp import web
+from botocore.exceptions import ClientError
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.app import create_app
+from proxy.config import Config, build, check
+from proxy.credentials import static_fetch
+from proxy.local import REGION
+from tests.support import ServerThread, legacy_client, raw_request
+
+NS = "{https://secretsmanager.amazonaws.com/doc/2017-10-17/}"
+ARN_PREFIX = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
+
+
+def unique(prefix: str) -> str:
+    return f"cache/{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def read(proxy: ServerThread, secret_id: str, headers: dict[str, str] | None = None) -> tuple[int, str | None]:
+    """GetSecretValue through the proxy: the status and the SecretString (None on an error)."""
+    target = f"/?Action=GetSecretValue&SecretId={quote(secret_id, safe='')}&Version=2017-10-17"
+    r = raw_request(proxy.port, "GET", target, headers=headers)
+    if r.status != 200:
+        return r.status, None
+    el = ElementTree.fromstring(r.body).find(f"{NS}GetSecretValueResult/{NS}SecretString")
+    return r.status, None if el is None else el.text
+
+
+def value(proxy: ServerThread, secret_id: str, headers: dict[str, str] | None = None) -> str | None:
+    status, text = read(proxy, secret_id, headers)
+    assert status == 200, status
+    return text
+
+
+def metric(proxy: ServerThread, name: str, **labels: str) -> float:
+    """A sample of the proxy's /metrics, 0 when absent."""
+    text = raw_request(proxy.port, "GET", "/metrics").body.decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"query_signing_proxy_{name}" and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# against moto
+
+
+@pytest.fixture
+def cached(start_proxy: Any) -> ServerThread:
+    """The proxy with the cache on and every action allowed."""
+    return start_proxy(cache={"enabled": True}, policy={"allow_actions": ["*"]})
+
+
+@pytest.fixture
+def legacy_cached(cached: ServerThread, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return legacy_client(cached.url, str(tmp_path_factory.getbasetemp()))
+
+
+def test_a_repeat_read_is_answered_from_the_cache(cached: ServerThread, emulator: Any) -> None:
+    name = unique("hit")
+    direct = emulator.direct()
+    direct.create_secret(Name=name, SecretString="v1")
+    assert value(cached, name) == "v1"
+    direct.put_secret_value(SecretId=name, SecretString="v2")  # behind the proxy's back
+    assert value(cached, name) == "v1"
+    assert metric(cached, "cache_hits_total", freshness="fresh") == 1
+    assert metric(cached, "cache_misses_total") == 1
+    assert metric(cached, "cache_entries") == 1
+
+
+def test_name_and_arn_reach_the_same_entry(cached: ServerThread, emulator: Any) -> None:
+    name = unique("alias")
+    direct = emulator.direct()
+    arn = direct.create_secret(Name=name, SecretString="v1")["ARN"]
+    assert value(cached, arn) == "v1"
+    direct.put_secret_value(SecretId=name, SecretString="v2")
+    assert value(cached, name) == "v1"
+    assert metric(cached, "cache_misses_total") == 1
+
+
+def test_each_hit_has_its_own_request_id(cached: ServerThread) -> None:
+    target = "/?Action=GetSecretValue&SecretId=demo%2Fdb-password&Version=2017-10-17"
+    ids = set()
+    for _ in range(3):
+        r = raw_request(cached.port, "GET", target)
+        assert r.status == 200
+        request_id = r.header("x-amzn-RequestId")
+        assert request_id and f"<RequestId>{request_id}</RequestId>".encode() in r.body
+        ids.add(request_id)
+    assert len(ids) == 3
+
+
+def test_a_batch_by_id_fills_and_hits_the_cache(legacy_cached: Any, emulator: Any) -> None:
+    a, b = unique("batch-a"), unique("batch-b")
+    direct = emulator.direct()
+    direct.create_secret(Name=a, SecretString="a1")
+    direct.create_secret(Name=b, SecretString="b1")
+    first = legacy_cached.batch_get_secret_value(SecretIdList=[a, b])
+    assert sorted(v["SecretString"] for v in first["SecretValues"]) == ["a1", "b1"]
+    direct.put_secret_value(SecretId=a, SecretString="a2")
+    direct.put_secret_value(SecretId=b, SecretString="b2")
+    assert legacy_cached.get_secret_value(SecretId=b)["SecretString"] == "b1"
+    again = legacy_cached.batch_get_secret_value(SecretIdList=[b, a])  # assembled from the entries
+    assert [v["SecretString"] for v in again["SecretValues"]] == ["b1", "a1"]
+    assert [v["Name"] for v in again["SecretValues"]] == [b, a]
+    assert again["Errors"] == []
+
+
+def test_no_cache_bypasses_and_refreshes(cached: ServerThread, emulator: Any) -> None:
+    name = unique("no-cache")
+    direct = emulator.direct()
+    direct.create_secret(Name=name, SecretString="v1")
+    assert value(cached, name) == "v1"
+    direct.put_secret_value(SecretId=name, SecretString="v2")
+    assert value(cached, name) == "v1"
+    assert value(cached, name, {"Cache-Control": "no-cache"}) == "v2"
+    assert value(cached, name) == "v2"
+    assert metric(cached, "cache_misses_total") == 2
+
+
+# Each write through the proxy; setup (direct, before the write) and the write's parameters.
+WRITES: dict[str, tuple[Callable[[Any, str], None], Callable[[Any, str], dict[str, Any]]]] = {
+    "PutSecretValue": (lambda d, n: None, lambda d, n: {"SecretId": n, "SecretString": "v3"}),
+    "UpdateSecret": (lambda d, n: None, lambda d, n: {"SecretId": n, "Description": "changed"}),
+    "UpdateSecretVersionStage": (
+        lambda d, n: None,
+        lambda d, n: {
+            "SecretId": n,
+            "VersionStage": "CUSTOM",
+            "MoveToVersionId": d.get_secret_value(SecretId=n)["VersionId"],
+        },
+    ),
+    "RotateSecret": (lambda d, n: None, lambda d, n: {"SecretId": n}),
+    "DeleteSecret": (lambda d, n: None, lambda d, n: {"SecretId": n, "RecoveryWindowInDays": 7}),
+    "RestoreSecret": (lambda d, n: d.delete_secret(SecretId=n, RecoveryWindowInDays=7), lambda d, n: {"SecretId": n}),
+    "TagResource": (lambda d, n: None, lambda d, n: {"SecretId": n, "Tags": [{"Key": "k", "Value": "v"}]}),
+    "UntagResource": (lambda d, n: None, lambda d, n: {"SecretId": n, "TagKeys": ["k"]}),
+    "DeleteResourcePolicy": (lambda d, n: None, lambda d, n: {"SecretId": n}),
+}
+
+
+def snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def outcome(client: Any, name: str) -> Any:
+    try:
+        return client.get_secret_value(SecretId=name)["SecretString"]
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+
+
+@pytest.mark.parametrize("operation", sorted(WRITES))
+def test_each_write_through_the_proxy_invalidates(
+    operation: str, cached: ServerThread, legacy_cached: Any, emulator: Any
+) -> None:
+    setup, params = WRITES[operation]
+    name = unique(operation)
+    direct = emulator.direct()
+    arn = direct.create_secret(Name=name, SecretString="v1")["ARN"]
+    assert value(cached, name) == "v1"
+    direct.put_secret_value(SecretId=name, SecretString="v2")
+    assert value(cached, name) == "v1"  # cached: the proxy has not seen the change
+    setup(direct, name)
+    getattr(legacy_cached, snake(operation))(**params(direct, arn if operation == "TagResource" else name))
+    misses = metric(cached, "cache_misses_total")
+    assert outcome(legacy_cached, name) == outcome(direct, name) != "v1"
+    assert metric(cached, "cache_misses_total") == misses + 1
+
+
+def test_a_denied_secret_is_never_answered_from_the_cache(start_proxy: Any, emulator: Any) -> None:
+    name = unique("denied")
+    direct = emulator.direct()
+    arn = direct.create_secret(Name=name, SecretString="v1")["ARN"]
+    # allowed by ARN only: the same secret by name is denied
+    proxy = start_proxy(cache={"enabled": True}, policy={"allow_secrets": [f"arn:*:secret:{name}-*"]})
+    assert value(proxy, arn) == "v1"
+    assert value(proxy, arn) == "v1"
+    assert read(proxy, name) == (403, None)
+    batch = f"/?Action=BatchGetSecretValue&SecretIdList.member.1={quote(arn, safe='')}&SecretIdList.member.2={quote(name, safe='')}&Version=2017-10-17"
+    assert raw_request(proxy.port, "GET", batch).status == 403
+    assert read(proxy, "demo/db-password") == (403, None)
+    assert metric(proxy, "cache_hits_total", freshness="fresh") == 1
+    assert metric(proxy, "cache_misses_total") == 1
+
+
+def test_a_cached_value_still_needs_the_caller_token(start_proxy: Any, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    proxy = start_proxy(cache={"enabled": True}, policy={"token_header": "X-Proxy-Token", "token_file": str(token)})
+    assert value(proxy, "demo/db-password", {"X-Proxy-Token": "s3cret-token"}) is not None
+    assert read(proxy, "demo/db-password") == (403, None)
+    assert read(proxy, "demo/db-password", {"X-Proxy-Token": "wrong"}) == (403, None)
+    assert metric(proxy, "cache_hits_total", freshness="fresh") == 0
+
+
+def test_cache_metrics_are_exposed(cached: ServerThread) -> None:
+    value(cached, "demo/db-password")
+    text = raw_request(cached.port, "GET", "/metrics").body.decode()
+    for name in ("cache_hits_total", "cache_misses_total", "cache_evictions_total", "cache_entries"):
+        assert f"query_signing_proxy_{name}" in text
+    assert "correct-horse" not in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# against a real aiohttp Secrets Manager that counts calls and fails on demand
+
+
+class FakeSecretsManager:
+    """A Secrets Manager over JSON 1.1 for a few secrets, answering in the loop of a ServerThread.
+
+    ``mode``: "ok", "503" (an HTML 503), "hang" (never answers), "reset" (closes the connection).
+    ``hold()``/``release()`` keep GetSecretValue answers back until released.
+    """
+
+    def __init__(self) -> None:
+        self.values = {"app/db": "v1"}
+        self.calls: dict[str, int] = {}
+        self.mode = "ok"
+        self.held: asyncio.Event | None = None
+        self.server: ServerThread | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        operation = request.headers["X-Amz-Target"].split(".", 1)[1]
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDCACHETEST/")
+        data = json.loads(await request.read())
+        if self.mode == "503":
+            return web.Response(status=503, text="<html>down</html>", content_type="text/html")
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "reset":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        if operation == "GetSecretValue" and self.held is not None:
+            await self.held.wait()
+        secret_id = data["SecretId"]
+        name = secret_id[len(ARN_PREFIX) : -len("-AbCdEf")] if secret_id.startswith(ARN_PREFIX) else secret_id
+        if name not in self.values:
+            body = {
+                "__type": "ResourceNotFoundException",
+                "message": "Secrets Manager can't find the specified secret.",
+            }
+            return web.Response(status=400, text=json.dumps(body), content_type="application/x-amz-json-1.1")
+        if operation == "PutSecretValue":
+            self.values[name] = data["SecretString"]
+        answer = {
+            "ARN": f"{ARN_PREFIX}{name}-AbCdEf",
+            "Name": name,
+            "VersionId": "0" * 32,
+            "SecretString": self.values[name],
+            "VersionStages": ["AWSCURRENT"],
+            "CreatedDate": 1700000000,
+        }
+        headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+        return web.json_response(answer, content_type="application/x-amz-json-1.1", headers=headers)
+
+    def count(self, operation: str = "GetSecretValue") -> int:
+        return self.calls.get(operation, 0)
+
+    def hold(self) -> None:
+        assert self.server is not None
+        self.held = self.server.call(_new_event())
+
+    def release(self) -> None:
+        assert self.server is not None and self.held is not None
+        self.server.loop.call_soon_threadsafe(self.held.set)
+
+
+async def _new_event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+class Clock:
+    """Epoch seconds that a test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, str]:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = str(Path(tmp_path_factory.mktemp("cache-ca")) / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    return server_ctx, ca_file
+
+
+class Rig:
+    def __init__(self, upstream: FakeSecretsManager, proxy: ServerThread, clock: Clock) -> None:
+        self.upstream, self.proxy, self.clock = upstream, proxy, clock
+
+
+@pytest.fixture
+def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
+    """The fake upstream over TLS and the proxy in front of it: ttl 10 s, stale 30 s, one attempt each."""
+    server_ctx, ca_file = tls
+    upstream = FakeSecretsManager()
+    clock = Clock()
+    with ServerThread(upstream.app, ssl_context=server_ctx, shutdown_timeout=0.5) as server:
+        upstream.server = server
+        cfg: Config = build(
+            Config,
+            {
+                "listen": {"host": "127.0.0.1", "port": 0},
+                "upstream": {
+                    "region": REGION,
+                    "endpoint_url": server.url,
+                    "ca_bundle": ca_file,
+                    "max_attempts": 1,
+                    "read_timeout_seconds": 0.5,
+                    "total_timeout_seconds": 5,
+                },
+                "cache": {"enabled": True, "ttl_seconds": 10, "serve_stale_seconds": 30},
+                "policy": {"allow_actions": ["*"]},
+            },
+        )
+        check(cfg)
+        app = lambda: create_app(cfg, fetch=static_fetch("AKIDCACHETEST", "secret"), clock=clock)  # noqa: E731
+        with ServerThread(app) as proxy:
+            yield Rig(upstream, proxy, clock)
+
+
+def test_hits_make_no_upstream_call(rig: Rig) -> None:
+    for _ in range(5):
+        assert value(rig.proxy, "app/db") == "v1"
+    assert value(rig.proxy, f"{ARN_PREFIX}app/db-AbCdEf") == "v1"
+    assert rig.upstream.count() == 1
+
+
+def test_entries_expire_after_ttl_under_a_controlled_clock(rig: Rig) -> None:
+    assert value(rig.proxy, "app/db") == "v1"
+    rig.upstream.values["app/db"] = "v2"
+    rig.clock.offset = 9.9
+    assert value(rig.proxy, "app/db") == "v1"
+    rig.clock.offset = 10.0
+    assert value(rig.proxy, "app/db") == "v2"
+    assert rig.upstream.count() == 2
+
+
+def test_concurrent_misses_make_one_upstream_call(rig: Rig) -> None:
+    rig.upstream.hold()
+    with ThreadPoolExecutor(16) as pool:
+        answers = [pool.submit(value, rig.proxy, "app/db") for _ in range(16)]
+        deadline = time.monotonic() + 30
+        while metric(rig.proxy, "cache_misses_total") < 16:  # all 16 are waiting on the one call
+            assert time.monotonic() < deadline
+        rig.upstream.release()
+        assert [a.result(30) for a in answers] == ["v1"] * 16
+    assert rig.upstream.count() == 1
+
+
+def test_no_cache_makes_an_upstream_call_and_refreshes(rig: Rig) -> None:
+    value(rig.proxy, "app/db")
+    rig.upstream.values["app/db"] = "v2"
+    assert value(rig.proxy, "app/db", {"Cache-Control": "no-cache"}) == "v2"
+    assert value(rig.proxy, "app/db") == "v2"
+    assert rig.upstream.count() == 2
+
+
+def test_a_write_makes_the_next_read_go_upstream(rig: Rig) -> None:
+    value(rig.proxy, "app/db")
+    target = "/?Action=PutSecretValue&SecretId=app%2Fdb&SecretString=v9&Version=2017-10-17"
+    assert raw_request(rig.proxy.port, "GET", target).status == 200
+    assert value(rig.proxy, "app/db") == "v9"
+    assert rig.upstream.count() == 2 and rig.upstream.count("PutSecretValue") == 1
+
+
+@pytest.mark.parametrize("failure", ["503", "hang", "reset"])
+def test_stale_answers_only_while_the_upstream_fails_and_within_the_window(rig: Rig, failure: str) -> None:
+    assert value(rig.proxy, "app/db") == "v1"
+    rig.clock.offset = 15  # expired, inside serve_stale_seconds
+    rig.upstream.mode = failure
+    assert value(rig.proxy, "app/db") == "v1"
+    assert rig.upstream.count() == 2
+    assert metric(rig.proxy, "cache_hits_total", freshness="stale") == 1
+    rig.clock.offset = 10 + 30  # past the window: the failure is the answer
+    status, _ = read(rig.proxy, "app/db")
+    assert status == {"503": 503, "hang": 504, "reset": 502}[failure]
+
+
+def test_no_stale_answer_while_the_upstream_answers(rig: Rig) -> None:
+    assert value(rig.proxy, "app/db") == "v1"
+    rig.clock.offset = 15
+    rig.upstream.values["app/db"] = "v2"
+    assert value(rig.proxy, "app/db") == "v2"
+    rig.clock.offset = 30
+    del rig.upstream.values["app/db"]
+    assert read(rig.proxy, "app/db") == (400, None)  # an answer, not a failure: no stale value
+    assert metric(rig.proxy, "cache_hits_total", freshness="stale") == 0
