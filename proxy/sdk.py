@@ -247,4 +247,9 @@ async def handle_sdk(request: web.Request) -> web.StreamResponse:
     service.guard.check(operation)
     service.policy.check(operation)
     headers, payload = service.translator.json_request(operation)
-    return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
+    if operation.is_read or not service.cache.enabled:
+        return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
+    try:  # a write through the SDK path leaves no cached answer of the secrets it names (issue 8)
+        return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
+    finally:
+        service.cache.invalidate(operation.secret_ids)

@@ -424,3 +424,16 @@ def test_no_stale_answer_while_the_upstream_answers(rig: Rig) -> None:
     del rig.upstream.values["app/db"]
     assert read(rig.proxy, "app/db") == (400, None)  # an answer, not a failure: no stale value
     assert metric(rig.proxy, "cache_hits_total", freshness="stale") == 0
+
+
+def test_a_write_by_an_sdk_client_invalidates_too(cached: ServerThread, emulator: Any) -> None:
+    """The SDK (JSON 1.1) path shares the cache's invalidation: a PutSecretValue sent by an SDK through the
+    proxy leaves no stale answer for Query readers."""
+    from tests.integration.test_sdk import sdk_client
+
+    name = unique("cache/sdk-write")
+    emulator.direct().create_secret(Name=name, SecretString="before")
+    assert value(cached, name) == "before"
+    assert value(cached, name) == "before"  # now cached
+    sdk_client(cached.url).put_secret_value(SecretId=name, SecretString="after")
+    assert value(cached, name) == "after"
