@@ -32,7 +32,7 @@ from .models import Operation
 from .parse import read_body, request_head
 from .relay import AWS_JSON, relay
 from .service import Service
-from .translate import InputLimits, Translator, is_read_operation, secret_ids
+from .translate import InputLimits, Translator, check_range, is_read_operation, secret_ids
 from .validate import check_head
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ class _Decoder:
             raise errors.InvalidParameterValue(
                 f"{path}: {len(value)} items is over limits.max_list_members ({self.limits.max_list_members})"
             )
-        _check_range(shape, len(value), path, "the number of items")
+        check_range(shape, len(value), path, "the number of items")
         return [self.decode(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
 
     def map(self, shape: MapShape, value: Any, path: str) -> dict[Any, Any]:
@@ -142,19 +142,11 @@ class _Decoder:
             raise errors.InvalidParameterValue(
                 f"{path}: {len(value)} entries is over limits.max_list_members ({self.limits.max_list_members})"
             )
-        _check_range(shape, len(value), path, "the number of entries")
+        check_range(shape, len(value), path, "the number of entries")
         return {
             self.decode(shape.key, k, f"{path} key"): self.decode(shape.value, v, f"{path}.{k}")
             for k, v in value.items()
         }
-
-
-def _check_range(shape: Shape, n: float, path: str, what: str) -> None:
-    lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
-    if lo is not None and n < lo:
-        raise errors.InvalidParameterValue(f"{path}: {what} must be at least {lo}, got {n}")
-    if hi is not None and n > hi:
-        raise errors.InvalidParameterValue(f"{path}: {what} must be at most {hi}, got {n}")
 
 
 def _scalar(shape: Shape, value: Any, path: str) -> Any:
@@ -162,12 +154,12 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
     if kind == "string":
         if not isinstance(value, str):
             raise errors.InvalidParameterValue(f"{path}: must be a string")
-        _check_range(shape, len(value), path, "the length")
+        check_range(shape, len(value), path, "the length")
         return value
     if kind in ("integer", "long"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise errors.InvalidParameterValue(f"{path}: must be an integer")
-        _check_range(shape, value, path, "the value")
+        check_range(shape, value, path, "the value")
         return value
     if kind in ("float", "double"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -184,7 +176,7 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
             raw = None
         if raw is None:
             raise errors.InvalidParameterValue(f"{path}: must be a base64 string (RFC 4648, with padding)")
-        _check_range(shape, len(raw), path, "the length in bytes")
+        check_range(shape, len(raw), path, "the length in bytes")
         return raw
     if kind == "timestamp":
         try:

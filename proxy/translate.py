@@ -138,7 +138,10 @@ def _decode(shape: Shape, node: _Node, path: str, limits: InputLimits) -> Any:
     return _decode_scalar(shape, node.value, path)
 
 
-def _check_length(shape: Shape, length: int, path: str, what: str) -> None:
+def check_range(shape: Shape, length: float, path: str, what: str) -> None:
+    """The model's ``min``/``max`` for ``shape`` (a length, a count or a value, as ``what`` says).
+
+    Raises InvalidParameterValue naming ``path``."""
     lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
     if lo is not None and length < lo:
         raise errors.InvalidParameterValue(f"{path}: {what} must be at least {lo}, got {length}")
@@ -203,7 +206,7 @@ def _decode_list(shape: ListShape, node: _Node, path: str, limits: InputLimits) 
     base = path if flattened else f"{path}.{list_name}"
     items = _indexed(container, base, limits)
     out = [_decode(shape.member, item, f"{base}.{i}", limits) for i, item in enumerate(items, 1)]
-    _check_length(shape, len(out), path, "the number of items")
+    check_range(shape, len(out), path, "the number of items")
     return out
 
 
@@ -232,20 +235,20 @@ def _decode_map(shape: MapShape, node: _Node, path: str, limits: InputLimits) ->
             raise errors.MissingParameter(f"{where}.{value_name} is required")
         k = _decode(shape.key, entry.children[key_name], f"{where}.{key_name}", limits)
         out[k] = _decode(shape.value, entry.children[value_name], f"{where}.{value_name}", limits)
-    _check_length(shape, len(out), path, "the number of entries")
+    check_range(shape, len(out), path, "the number of entries")
     return out
 
 
 def _decode_scalar(shape: Shape, value: str, path: str) -> Any:
     kind = shape.type_name
     if kind == "string":
-        _check_length(shape, len(value), path, "the length")
+        check_range(shape, len(value), path, "the length")
         return value
     if kind in ("integer", "long"):
         if not _INTEGER.fullmatch(value):
             raise errors.InvalidParameterValue(f"{path}: must be an integer, got {_show(value)}")
         number = int(value)
-        _check_length(shape, number, path, "the value")
+        check_range(shape, number, path, "the value")
         return number
     if kind in ("float", "double"):
         try:
@@ -265,7 +268,7 @@ def _decode_scalar(shape: Shape, value: str, path: str) -> Any:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise errors.InvalidParameterValue(f"{path}: must be base64 (RFC 4648, with padding)") from None
-        _check_length(shape, len(raw), path, "the length in bytes")
+        check_range(shape, len(raw), path, "the length in bytes")
         return raw
     if kind == "timestamp":
         try:
