@@ -14,6 +14,8 @@ from proxy.app import create_app
 from proxy.local import REGION, DemoAccount, MotoServer, seed_demo
 from tests.support import ServerThread, legacy_client, proxy_config
 
+pytest_plugins = ("tests.faults",)  # fault servers and their fixtures
+
 
 @pytest.fixture(autouse=True)
 def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:

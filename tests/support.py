@@ -32,7 +32,7 @@ class ServerThread:
     """Run an aiohttp application on 127.0.0.1 (or ``host``) in a background thread with its own loop.
 
     ``factory`` is called inside that loop (so loop-bound objects are created there). Use as a context
-    manager; ``port``, ``url`` and ``loop`` are set once it is serving.
+    manager; ``port``, ``url``, ``loop`` and ``runner`` are set once it is serving.
     """
 
     def __init__(
@@ -49,6 +49,7 @@ class ServerThread:
         self.shutdown_timeout = shutdown_timeout
         self.port = 0
         self.app: web.Application | None = None
+        self.runner: web.AppRunner | None = None
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -74,6 +75,7 @@ class ServerThread:
         self.app = self.factory()
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
+        self.runner = runner
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.bind((self.host, 0))
