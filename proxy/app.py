@@ -140,7 +140,12 @@ def _listener_app(cfg: Config, shared: Shared, service: Service) -> web.Applicat
     app = web.Application(
         middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests)],
         client_max_size=cfg.limits.max_body_bytes,
-        handler_args={"max_field_size": 16384, "max_line_size": max(8190, cfg.limits.max_get_url_bytes + 64)},
+        handler_args={
+            "max_field_size": 16384,
+            "max_line_size": max(8190, cfg.limits.max_get_url_bytes + 64),
+            # a client that goes away cancels its handler, which closes the upstream connection it holds
+            "handler_cancellation": True,
+        },
     )
     app[SHARED] = shared
     app[SERVICE] = service
