@@ -9,7 +9,9 @@ whole bounded by ``upstream.total_timeout_seconds``. Each attempt is signed afre
 Which requests may be retried is SPEC section 5's rule (reads, or writes carrying an idempotency token); a
 rejection of the credentials themselves (expired or revoked early) is answered before anything ran, so it
 is retried once for any operation after one forced credential refresh. So is a rejection of the signing time
-(clock skew) once :class:`~proxy.signing.ClockSkew` has learnt the offset from the answer's ``Date``.
+(clock skew) once :class:`~proxy.signing.ClockSkew` has learnt the offset from the answer's ``Date``. A
+transport failure that another attempt would meet again (a host name that does not resolve, a certificate
+that does not verify: the error's ``transient`` is False) is answered at once.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ async def send_with_retries(
                 f"the upstream did not answer within upstream.total_timeout_seconds ({policy.total_timeout:g} s)"
             ) from None
         except (errors.BadGateway, errors.GatewayTimeout) as exc:
-            if not retryable or attempt >= policy.max_attempts:
+            if not retryable or not exc.transient or attempt >= policy.max_attempts:
                 raise
             if not await _pause(backoff_seconds(attempt), deadline, loop):
                 raise

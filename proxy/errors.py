@@ -15,6 +15,8 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     │   ├── AccessDenied 403          └── MalformedJSON 400 (SerializationException; SDK calls)
     ├── ServerError (5xx, Receiver)
     │   ├── ServiceUnavailable 503    ├── BadGateway 502
+    │   │                             │   ├── UpstreamUnresolvable 502 (final: not retried)
+    │   │                             │   └── UpstreamCertificateInvalid 502 (final: not retried)
     │   ├── CredentialsUnavailable 503├── ResponseTooLarge 502
     │   ├── GatewayTimeout 504        └── UnrepresentableValue 502
     └── UpstreamError (status and code taken from the upstream's answer)
@@ -122,7 +124,23 @@ class CredentialsUnavailable(ServerError):
 
 
 class BadGateway(ServerError):
+    """The upstream could not be reached or broke off its answer. ``transient``: another attempt may succeed
+    (refused, reset); the subclasses below are final, since another attempt meets the same failure."""
+
     status, code = 502, "BadGateway"
+    transient = True
+
+
+class UpstreamUnresolvable(BadGateway):
+    """The upstream host name does not resolve (not a temporary resolver failure)."""
+
+    transient = False
+
+
+class UpstreamCertificateInvalid(BadGateway):
+    """The upstream's TLS certificate does not verify (unknown CA, wrong host name, expired)."""
+
+    transient = False
 
 
 class ResponseTooLarge(ServerError):
@@ -135,6 +153,7 @@ class UnrepresentableValue(ServerError):
 
 class GatewayTimeout(ServerError):
     status, code = 504, "GatewayTimeout"
+    transient = True
 
 
 class UpstreamError(ProxyError):

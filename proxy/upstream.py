@@ -14,6 +14,7 @@ nothing downstream can label plain bytes as gzip. Any other coding is BadGateway
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import zlib
 from collections.abc import AsyncGenerator
@@ -27,10 +28,10 @@ from .models import SignedRequest, UpstreamResponse
 CHUNK_BYTES = 64 * 1024
 
 _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
-    # most specific first in the MRO walk of map_exceptions
+    # most specific first in the MRO walk of map_exceptions; name resolution and certificate failures are
+    # translated in AiohttpUpstream.send, with their own messages
     aiohttp.ServerTimeoutError: errors.GatewayTimeout,
     asyncio.TimeoutError: errors.GatewayTimeout,
-    aiohttp.ClientConnectorCertificateError: errors.BadGateway,
     aiohttp.ClientSSLError: errors.BadGateway,
     aiohttp.ClientConnectorError: errors.BadGateway,
     aiohttp.ServerDisconnectedError: errors.BadGateway,
@@ -159,38 +160,58 @@ class AiohttpUpstream:
     async def send(self, request: SignedRequest) -> UpstreamResponse:
         """Send and read the whole answer (up to ``max_response_bytes``).
 
-        Raises BadGateway (refused, reset, TLS failure, unresolvable host), GatewayTimeout (connect or read
-        deadline), ResponseTooLarge.
+        Raises BadGateway (refused, reset, TLS handshake failure), UpstreamUnresolvable (the host name does
+        not resolve), UpstreamCertificateInvalid, GatewayTimeout (connect or read deadline), ResponseTooLarge.
+        On any failure, or when the caller's deadline cancels it, the connection is closed, not pooled.
         """
         assert self._session is not None, "start() first"
         with errors.map_exceptions(_AIOHTTP_ERRORS, "the upstream request"):
-            async with self._session.request(
-                request.method,
-                request.url,
-                headers=list(request.headers),
-                data=request.body,
-                allow_redirects=False,
-            ) as resp:
-                declared = resp.content_length
-                if declared is not None and declared > self._max_response_bytes:
-                    raise errors.ResponseTooLarge(
-                        f"the upstream answer ({declared} bytes) is over limits.max_response_bytes "
-                        f"({self._max_response_bytes})"
-                    )
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                    body += chunk
-                    if len(body) > self._max_response_bytes:
-                        raise errors.ResponseTooLarge(
-                            f"the upstream answer is over limits.max_response_bytes ({self._max_response_bytes})"
-                        )
-                encoding = resp.headers.get("Content-Encoding")
-                headers = tuple(resp.headers.items())
-                if encoding is None:
-                    return UpstreamResponse(resp.status, headers, bytes(body))
-                decoded = decode_body(encoding, bytes(body), self._max_response_bytes)
-                kept = tuple((k, v) for k, v in headers if k.lower() not in _DECODED_AWAY)
-                return UpstreamResponse(resp.status, kept, decoded)
+            try:
+                return await self._exchange(self._session, request)
+            except aiohttp.ClientConnectorDNSError as exc:
+                if isinstance(exc.os_error, OSError) and exc.os_error.errno == socket.EAI_AGAIN:
+                    raise errors.BadGateway(
+                        f"the upstream host {exc.host} did not resolve (temporary failure)"
+                    ) from exc
+                raise errors.UpstreamUnresolvable(
+                    f"the upstream host {exc.host} does not resolve; check upstream.endpoint_url and upstream.region"
+                ) from exc
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise errors.UpstreamCertificateInvalid(
+                    f"the TLS certificate of the upstream host {exc.host} does not verify "
+                    "(trusted CAs: upstream.ca_bundle, else AWS_CA_BUNDLE, else the system store)"
+                ) from exc
+
+    async def _exchange(self, session: aiohttp.ClientSession, request: SignedRequest) -> UpstreamResponse:
+        limit = self._max_response_bytes
+        async with session.request(
+            request.method,
+            request.url,
+            headers=list(request.headers),
+            data=request.body,
+            allow_redirects=False,
+        ) as resp:
+            declared = resp.content_length
+            if declared is not None and declared > limit:
+                raise errors.ResponseTooLarge(
+                    f"the upstream answer ({declared} bytes) is over limits.max_response_bytes ({limit})"
+                )
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise errors.ResponseTooLarge(f"the upstream answer is over limits.max_response_bytes ({limit})")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            del chunks
+            encoding = resp.headers.get("Content-Encoding")
+            headers = tuple(resp.headers.items())
+            if encoding is None:
+                return UpstreamResponse(resp.status, headers, body)
+            decoded = decode_body(encoding, body, limit)
+            kept = tuple((k, v) for k, v in headers if k.lower() not in _DECODED_AWAY)
+            return UpstreamResponse(resp.status, kept, decoded)
 
     async def open(self, request: SignedRequest) -> UpstreamStream:
         """Send and return once the status line and headers are in; the body stays on the wire.
