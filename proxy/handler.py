@@ -9,9 +9,10 @@ from aiohttp import web
 
 from .attempts import AttemptRecord, send_with_retries
 from .credentials import Snapshot
-from .middleware import XML_TYPE, RequestContext, context
+from .middleware import RequestContext, context
 from .models import Operation, SignedRequest, UpstreamResponse
 from .parse import read_query, request_head
+from .respond import send_document
 from .service import Service
 from .signing import sign
 from .translate import upstream_error
@@ -30,6 +31,14 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
     service.guard.check(operation)
     service.policy.check(operation)
+    document = await answer_document(request, service, ctx, operation)
+    return await send_document(request, document, ctx)  # with backpressure
+
+
+async def answer_document(request: web.Request, service: Service, ctx: RequestContext, operation: Operation) -> bytes:
+    """The answer (from the cache or the upstream) as the Query XML document; raises the upstream's error.
+
+    The upstream answer is dropped on return: while a slow client reads, only the document is held."""
     response = await service.cache.answer(  # after the policy: a denied request never reaches the cache
         operation,
         request.headers.get("Cache-Control"),
@@ -37,10 +46,7 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     )
     if response.status >= 300:
         raise upstream_error(response)
-    document = service.translator.render_result(
-        operation.name, response, ctx.request_id, keep=service.policy.answer_filter
-    )
-    return web.Response(body=document, content_type=XML_TYPE, headers={"x-amzn-RequestId": ctx.request_id})
+    return service.translator.render_result(operation.name, response, ctx.request_id, keep=service.policy.answer_filter)
 
 
 async def send_upstream(

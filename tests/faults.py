@@ -311,6 +311,15 @@ def by_secret(table: dict[str, Behaviour], default: Behaviour) -> Behaviour:
     return behave
 
 
+def by_operation(table: dict[str, Behaviour], default: Behaviour) -> Behaviour:
+    """Choose the behaviour by the operation in ``X-Amz-Target``."""
+
+    async def behave(request: web.Request, seen: Seen) -> web.StreamResponse:
+        return await table.get(seen.operation, default)(request, seen)
+
+    return behave
+
+
 def list_secrets_document(entries: int) -> dict[str, Any]:
     """A ListSecrets JSON 1.1 answer with ``entries`` secrets (about 1.1 KiB of Query XML each)."""
     return {
