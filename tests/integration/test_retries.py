@@ -13,6 +13,7 @@ from tests.faults import (
     FakeClock,
     answer,
     ok,
+    poll,
     reset_mid_body,
     sequence,
     signature_of,
@@ -25,8 +26,14 @@ from tests.support import raw_request
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
 
 
-def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "proxy.access"]
+def access_records(caplog: pytest.LogCaptureFixture, count: int = 1) -> list[logging.LogRecord]:
+    """The access lines, once ``count`` are there (a line is written after the last byte of its answer)."""
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "proxy.access"]
+
+    poll(lambda: len(lines()) >= count, 5, f"{count} access line(s)")
+    return lines()
 
 
 def metric(port: int, name: str, **labels: str) -> float:
