@@ -45,6 +45,8 @@ from .validate import RuleSettings
 
 log = logging.getLogger("proxy")
 
+LATE_CONNECTION_POLL_SECONDS = 0.05
+
 
 class Lifecycle:
     """Process-wide state the admin endpoints report: draining after SIGTERM."""
@@ -368,9 +370,33 @@ async def serve(
         if cfg.shutdown_delay_seconds:
             await asyncio.sleep(cfg.shutdown_delay_seconds)
     finally:
-        for route_runner in reversed(route_runners):
-            await route_runner.cleanup()
-        await runner.cleanup()
+        # every listener closes at once and drains in parallel: one grace period in all, not one per route
+        await asyncio.gather(*(drain(r) for r in [*route_runners, runner]))
         if admin_runner is not None:
             await admin_runner.cleanup()
         log.info("stopped")
+
+
+async def drain(runner: web.AppRunner) -> None:
+    """``runner.cleanup()``: close the listeners, let requests in flight finish (``shutdown_timeout``), close.
+
+    aiohttp closes idle connections once, as the drain begins; a connection accepted just before the
+    listener closed registers after that, and would sit unanswered (its request is ignored once the drain
+    has begun) until the whole grace period is over. While the drain runs, such connections are closed as
+    they appear; ``RequestHandler.close()`` lets a request already in progress finish first.
+    """
+    server = runner.server
+
+    async def close_late_connections() -> None:
+        while server is not None:
+            for conn in server.connections:
+                conn.close()
+            await asyncio.sleep(LATE_CONNECTION_POLL_SECONDS)
+
+    closer = asyncio.get_running_loop().create_task(close_late_connections())
+    try:
+        await runner.cleanup()
+    finally:
+        closer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closer
