@@ -110,11 +110,15 @@ class FaultServer(ServerThread):
 
     Handlers are cancelled when the client goes away (``handler_cancellation``), so a behaviour that waits
     forever ends when the proxy drops the connection; ``cancelled`` counts those. ``peak_active`` is the most
-    requests handled at once, ``peak_connections`` the most connections open at once (sampled per request).
+    requests handled at once, ``peak_connections`` the most connections open at once (sampled per request);
+    ``handshakes`` counts TLS ClientHellos, including those of handshakes that then failed.
     """
 
     def __init__(self, behaviour: Behaviour, ssl_context: ssl.SSLContext | None) -> None:
         super().__init__(self._make_app, ssl_context=ssl_context, shutdown_timeout=0.5)
+        self.handshakes = 0
+        if ssl_context is not None:
+            ssl_context.sni_callback = self._hello  # called for every ClientHello, with or without SNI
         self.behaviour = behaviour
         self.seen: list[Seen] = []
         self.active = 0
@@ -122,6 +126,9 @@ class FaultServer(ServerThread):
         self.peak_connections = 0
         self.cancelled = 0
         self.answered = 0
+
+    def _hello(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        self.handshakes += 1
 
     def _make_app(self) -> web.Application:
         app = web.Application(handler_args={"handler_cancellation": True}, client_max_size=1024**2)
