@@ -33,7 +33,7 @@ from tests.faults import (
     Behaviour,
     Certs,
     FaultServer,
-    ProxyProcess,
+    MeasuredProxy,
     Seen,
     answer,
     list_secrets_document,
@@ -143,7 +143,7 @@ async def drive(port: int, total: int, connections: int, abort_rate: float, rng:
         await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-def in_flight(proxy: ProxyProcess) -> float:
+def in_flight(proxy: MeasuredProxy) -> float:
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy.port}/metrics", timeout=10) as resp:
@@ -154,7 +154,7 @@ def in_flight(proxy: ProxyProcess) -> float:
     raise RuntimeError("no in-flight gauge in /metrics")
 
 
-def settle(proxy: ProxyProcess) -> tuple[int, int]:
+def settle(proxy: MeasuredProxy) -> tuple[int, int]:
     """Wait for the proxy to be idle; its (RSS bytes, open fds)."""
     poll(lambda: in_flight(proxy) == 0, 30, "the proxy to be idle")
     return proxy.rss_bytes(), proxy.open_fds()
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             "limits": {"max_response_bytes": MAX_RESPONSE_BYTES},
             "policy": {"allow_actions": ["GetSecretValue", "ListSecrets", "DescribeSecret"]},
         }
-        with ProxyProcess(workdir, config) as proxy:
+        with MeasuredProxy(workdir, config) as proxy:
             warm = Tally()
             asyncio.run(drive(proxy.port, args.warmup, args.connections, 0.0, rng, warm))
             rss_before, fds_before = settle(proxy)

@@ -14,10 +14,11 @@ nothing downstream can label plain bytes as gzip. Any other coding is BadGateway
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Protocol
 
 import aiohttp
@@ -29,7 +30,7 @@ CHUNK_BYTES = 64 * 1024
 
 _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
     # most specific first in the MRO walk of map_exceptions; name resolution and certificate failures are
-    # translated in AiohttpUpstream.send, with their own messages
+    # translated first, by upstream_errors()
     aiohttp.ServerTimeoutError: errors.GatewayTimeout,
     asyncio.TimeoutError: errors.GatewayTimeout,
     aiohttp.ClientSSLError: errors.BadGateway,
@@ -41,6 +42,27 @@ _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
     ConnectionError: errors.BadGateway,
     OSError: errors.BadGateway,
 }
+
+
+@contextlib.contextmanager
+def upstream_errors() -> Iterator[None]:
+    """Translate aiohttp's exceptions (:data:`_AIOHTTP_ERRORS`). A host name that does not resolve and a
+    certificate that does not verify get their own, final errors (another attempt would meet them again);
+    a temporary resolver failure (EAI_AGAIN) stays a retryable BadGateway."""
+    with errors.map_exceptions(_AIOHTTP_ERRORS, "the upstream request"):
+        try:
+            yield
+        except aiohttp.ClientConnectorDNSError as exc:
+            if isinstance(exc.os_error, OSError) and exc.os_error.errno == socket.EAI_AGAIN:
+                raise errors.BadGateway(f"the upstream host {exc.host} did not resolve (temporary failure)") from exc
+            raise errors.UpstreamUnresolvable(
+                f"the upstream host {exc.host} does not resolve; check upstream.endpoint_url and upstream.region"
+            ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise errors.UpstreamCertificateInvalid(
+                f"the TLS certificate of the upstream host {exc.host} does not verify "
+                "(trusted CAs: upstream.ca_bundle, else AWS_CA_BUNDLE, else the system store)"
+            ) from exc
 
 
 _DECODED_AWAY = frozenset({"content-encoding", "content-length"})
@@ -165,22 +187,8 @@ class AiohttpUpstream:
         On any failure, or when the caller's deadline cancels it, the connection is closed, not pooled.
         """
         assert self._session is not None, "start() first"
-        with errors.map_exceptions(_AIOHTTP_ERRORS, "the upstream request"):
-            try:
-                return await self._exchange(self._session, request)
-            except aiohttp.ClientConnectorDNSError as exc:
-                if isinstance(exc.os_error, OSError) and exc.os_error.errno == socket.EAI_AGAIN:
-                    raise errors.BadGateway(
-                        f"the upstream host {exc.host} did not resolve (temporary failure)"
-                    ) from exc
-                raise errors.UpstreamUnresolvable(
-                    f"the upstream host {exc.host} does not resolve; check upstream.endpoint_url and upstream.region"
-                ) from exc
-            except aiohttp.ClientConnectorCertificateError as exc:
-                raise errors.UpstreamCertificateInvalid(
-                    f"the TLS certificate of the upstream host {exc.host} does not verify "
-                    "(trusted CAs: upstream.ca_bundle, else AWS_CA_BUNDLE, else the system store)"
-                ) from exc
+        with upstream_errors():
+            return await self._exchange(self._session, request)
 
     async def _exchange(self, session: aiohttp.ClientSession, request: SignedRequest) -> UpstreamResponse:
         limit = self._max_response_bytes
@@ -220,7 +228,7 @@ class AiohttpUpstream:
         unless it reads the body to its end.
         """
         assert self._session is not None, "start() first"
-        with errors.map_exceptions(_AIOHTTP_ERRORS, "the upstream request"):
+        with upstream_errors():
             resp = await self._session.request(
                 request.method,
                 request.url,

@@ -7,8 +7,8 @@
 - :class:`SilentServer` accepts TCP connections and never sends a byte (a TLS handshake that never ends).
 - :class:`LoopbackResolver` is an aiohttp resolver that answers only from a table, so no DNS query leaves
   the machine.
-- :class:`ProxyProcess` runs the real CLI (``python -m proxy --config PATH``) with its log in a file, and reads
-  its RSS and open file descriptors from ``/proc``.
+- :class:`MeasuredProxy` runs the real CLI (:class:`tests.process.ProxyProcess`) with a config, and reads its
+  RSS and open file descriptors from ``/proc``.
 
 Also the pytest fixtures for these (registered by ``tests/conftest.py``): ``certs``, ``static_keys``,
 ``start_fault``, ``start_fault_proxy``.
@@ -17,7 +17,6 @@ Also the pytest fixtures for these (registered by ``tests/conftest.py``): ``cert
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import os
@@ -26,8 +25,6 @@ import signal
 import socket
 import ssl
 import struct
-import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
@@ -49,6 +46,7 @@ from botocore.credentials import ReadOnlyCredentials
 from proxy.app import create_app
 from proxy.config import Config, build, check
 from proxy.local import REGION, clean_aws_environ
+from tests.process import ProxyProcess
 from tests.support import ServerThread
 
 ACCESS_KEY = "AKIDFAULTTESTS000001"
@@ -508,53 +506,24 @@ def proxy_environ() -> dict[str, str]:
     return env
 
 
-class ProxyProcess:
-    """``python -m proxy --config PATH`` as a child process; its JSON log goes to ``log_file``."""
+class MeasuredProxy(ProxyProcess):
+    """The CLI (:class:`tests.process.ProxyProcess`) with ``config`` written to YAML and the test keys in its
+    environment; entering waits for its ``listening`` line. Reads RSS and open descriptors from ``/proc``."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.config_file = workdir / "proxy.yaml"
-        self.config_file.write_text(yaml.safe_dump(config))
-        self.log_file = workdir / "proxy.log"
-        self.env = env or proxy_environ()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.admin_port: int | None = None
+        path = workdir / "proxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        super().__init__(["--config", str(path), "--log-level", "info"], workdir, env or proxy_environ())
+
+    def __enter__(self) -> MeasuredProxy:
+        super().__enter__()
+        self.wait_listening()
+        return self
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
-
-    def start(self, timeout: float = 60.0) -> ProxyProcess:
-        """Start the child and poll its log for the ``listening`` line (no fixed sleeps)."""
-        with open(self.log_file, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "--config", str(self.config_file), "--log-level", "info"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.lines():
-                if line.get("message") == "listening":
-                    self.port = int(line["port"])
-                    self.admin_port = line.get("admin_port")
-                    return self
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the proxy exited with {self.process.returncode}: {self.log_file.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the proxy did not start within {timeout} s: {self.log_file.read_text()}")
-            time.sleep(0.02)
-
-    def lines(self) -> list[dict[str, Any]]:
-        """The JSON log lines written so far (a partial last line is skipped)."""
-        out = []
-        for raw in self.log_file.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(raw))
-        return out
 
     def access_lines(self) -> list[dict[str, Any]]:
         return [line for line in self.lines() if "attempts" in line and "status" in line]
@@ -582,21 +551,6 @@ class ProxyProcess:
     def wait(self, timeout: float) -> int:
         assert self.process is not None
         return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> ProxyProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def poll(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:

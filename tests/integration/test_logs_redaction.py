@@ -20,6 +20,7 @@ import pytest
 
 from proxy import logs
 from proxy.app import SHARED
+from tests.faults import poll
 from tests.support import legacy_client, raw_request
 
 TOKEN_HEADER = "X-Proxy-Token"
@@ -109,9 +110,16 @@ def test_debug_logs_hold_no_credentials_signatures_tokens_or_secret_values(
     assert proxy.app is not None
     snapshot = proxy.app[SHARED].credentials.snapshot
     assert snapshot is not None and snapshot.token
+
+    def access_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+        return [line for line in lines if "request_id" in line and "status" in line and "action" in line]
+
+    # an access line is written once its answer's last byte is out, so the last may trail the client a little
+    poll(lambda: len(access_lines()) >= 10, 5, "ten access lines")
     output = captured.getvalue()
     lines = [json.loads(line) for line in output.splitlines()]
-    access = [line for line in lines if "request_id" in line and "status" in line and "action" in line]
+    access = access_lines()
     assert len(access) == 10, access
     for line in access:
         assert {

@@ -15,7 +15,7 @@ import tracemalloc
 import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.faults import ProxyProcess, answer, by_operation, delayed, list_secrets_document, ok, poll
+from tests.faults import MeasuredProxy, answer, by_operation, delayed, list_secrets_document, ok, poll
 from tests.support import ServerThread, raw_request
 
 LIST = "/?Action=ListSecrets&Version=2017-10-17"
@@ -68,7 +68,7 @@ def in_flight(port: int) -> float:
     return float(m.group(1))
 
 
-def slow_round(proxy: ProxyProcess, baseline: int, entries: int) -> int:
+def slow_round(proxy: MeasuredProxy, baseline: int, entries: int) -> int:
     """64 clients that read nothing until every answer has started, then read 16 KiB each in turn; returns
     the highest RSS growth sampled (bytes over ``baseline``) and checks every answer whole."""
     clients = [SlowClient(proxy.port) for _ in range(CLIENTS)]
@@ -96,7 +96,7 @@ def test_sixty_four_slow_readers_of_a_1_mib_answer_grow_rss_by_less_than_100_mb(
         "listen": {"host": "127.0.0.1", "port": 0},
         "upstream": {"region": "us-east-1", "endpoint_url": fault.url, "ca_bundle": certs.ca_file},
     }
-    with ProxyProcess(tmp_path, config) as proxy:
+    with MeasuredProxy(tmp_path, config) as proxy:
         for _ in range(3):  # warm up: imports, model caches
             warm = raw_request(proxy.port, "GET", LIST)
             assert warm.status == 200

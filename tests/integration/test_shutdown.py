@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.faults import ProxyProcess, by_secret, delayed, never, ok, poll
+from tests.faults import MeasuredProxy, by_secret, delayed, never, ok, poll
 from tests.support import raw_request
 
 SLOW = "/?Action=GetSecretValue&SecretId=slow&Version=2017-10-17"
@@ -43,7 +43,7 @@ def assert_whole_answer(body: bytes) -> None:
 def test_sigterm_lets_five_in_flight_requests_finish_and_exits_0(start_fault, certs, tmp_path):
     fault = start_fault(delayed(2.0, ok()))
     cfg = config(fault.url, certs.ca_file, admin={"host": "127.0.0.1", "port": 0}, shutdown_grace_seconds=20)
-    with ProxyProcess(tmp_path, cfg) as proxy:
+    with MeasuredProxy(tmp_path, cfg) as proxy:
         assert proxy.admin_port is not None
         poll(lambda: status(proxy.admin_port, "/readyz") == 200, 10, "the proxy to be ready")
         with ThreadPoolExecutor(5) as pool:
@@ -72,7 +72,7 @@ def test_requests_are_still_accepted_during_shutdown_delay(start_fault, certs, t
     delay = 1.5
     fault = start_fault(by_secret({"slow": delayed(2.5, ok())}, ok()))
     cfg = config(fault.url, certs.ca_file, shutdown_delay_seconds=delay)
-    with ProxyProcess(tmp_path, cfg) as proxy:
+    with MeasuredProxy(tmp_path, cfg) as proxy:
         poll(lambda: status(proxy.port, "/readyz") == 200, 10, "the proxy to be ready")
         with ThreadPoolExecutor(1) as pool:
             slow = pool.submit(raw_request, proxy.port, "GET", SLOW, timeout=30)
@@ -107,7 +107,7 @@ def test_in_flight_requests_are_cut_after_shutdown_grace_seconds(start_fault, ce
         },
         shutdown_grace_seconds=grace,
     )
-    with ProxyProcess(tmp_path, cfg) as proxy:
+    with MeasuredProxy(tmp_path, cfg) as proxy:
         poll(lambda: status(proxy.port, "/readyz") == 200, 10, "the proxy to be ready")
         with ThreadPoolExecutor(1) as pool:
             stuck = pool.submit(raw_request, proxy.port, "GET", SLOW, timeout=30)
