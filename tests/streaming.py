@@ -65,7 +65,9 @@ class BigUpstream:
         mode, _, size_text = token.rpartition("-")
         answer = Answer(int(size_text))
         self.answers.append(answer)
-        response = web.StreamResponse(headers={"Content-Type": "text/xml", "x-amzn-RequestId": f"up-{len(self.answers)}"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/xml", "x-amzn-RequestId": f"up-{len(self.answers)}"}
+        )
         response.content_length = answer.size
         await response.prepare(request)
         try:
@@ -105,7 +107,9 @@ class ProxyProcess:
         self.config_file.write_text(yaml.safe_dump({"listen": {"host": "127.0.0.1", "port": 0}, **sections}))
         self.log_file = workdir / "proxy.log"
         env = clean_aws_environ()
-        env.update(AWS_ACCESS_KEY_ID="AKIDSTREAMTEST", AWS_SECRET_ACCESS_KEY="stream-test-secret", AWS_REGION="us-east-1")
+        env.update(
+            AWS_ACCESS_KEY_ID="AKIDSTREAMTEST", AWS_SECRET_ACCESS_KEY="stream-test-secret", AWS_REGION="us-east-1"
+        )
         with open(self.log_file, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "proxy", "--config", str(self.config_file)],

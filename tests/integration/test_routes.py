@@ -108,7 +108,9 @@ def test_each_route_serves_its_own_service_with_its_own_policy(
     # the single-service part: Secrets Manager, Query and SDK callers alike
     legacy = legacy_client(f"http://127.0.0.1:{main}", str(tmp_path_factory.getbasetemp()))
     assert legacy.get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
-    assert sdk_client("secretsmanager", main).get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
+    assert (
+        sdk_client("secretsmanager", main).get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
+    )
     with pytest.raises(ClientError) as denied:
         legacy.describe_secret(SecretId=DEMO_SECRET)  # the main policy allows GetSecretValue only
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
@@ -134,6 +136,7 @@ def test_routes_share_the_credentials_and_the_admin_endpoints_stay_on_the_main_l
 
     shared = serving.app[SHARED]
     assert all(route.app[SHARED] is shared for route in serving.app[ROUTES])
+
     def ready() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{serving.port}/readyz", timeout=10) as resp:

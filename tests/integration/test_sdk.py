@@ -100,7 +100,9 @@ def test_the_apps_own_signature_and_token_are_never_forwarded(proxy: ServerThrea
     assert r.status == 200, r.body
     assert json.loads(r.body)["SecretString"] == DEMO_SECRET_VALUE
     # and with an SDK that sends a session token of its own
-    assert sdk_client(proxy.url, token="app-session-token").get_secret_value(SecretId=DEMO_SECRET)["Name"] == DEMO_SECRET
+    assert (
+        sdk_client(proxy.url, token="app-session-token").get_secret_value(SecretId=DEMO_SECRET)["Name"] == DEMO_SECRET
+    )
 
 
 def test_upstream_errors_reach_the_sdk_as_a_direct_call_sees_them(sdk: Any, emulator: Any) -> None:
@@ -162,7 +164,10 @@ def test_rules_still_apply_and_answer_in_json(proxy: ServerThread) -> None:
     r = raw_request(proxy.port, "POST", "/", b"{}", headers=headers)
     assert r.status == 403 and json.loads(r.body)["__type"] == "AccessDenied"
     r = raw_request(
-        proxy.port, "POST", "/", b'{"SecretId": "' + b"a" * 300000 + b'"}',
+        proxy.port,
+        "POST",
+        "/",
+        b'{"SecretId": "' + b"a" * 300000 + b'"}',
         headers={"Content-Type": JSON_TYPE, "X-Amz-Target": "secretsmanager.GetSecretValue"},
     )
     assert r.status == 413 and json.loads(r.body)["__type"] == "RequestEntityTooLarge"

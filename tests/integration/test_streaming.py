@@ -45,7 +45,9 @@ def warm_up(proxy: ProxyProcess) -> None:
         client.close()
 
 
-def test_first_bytes_arrive_while_the_upstream_is_still_sending(proxy_process: ProxyProcess, upstream: BigUpstream) -> None:
+def test_first_bytes_arrive_while_the_upstream_is_still_sending(
+    proxy_process: ProxyProcess, upstream: BigUpstream
+) -> None:
     """The upstream sends one block and then waits for the test: the block must already be at the client."""
     client = RawClient(proxy_process.port, list_topics_form(f"hold-{4 * MiB}"))
     try:
@@ -116,9 +118,7 @@ def test_a_slow_reader_holds_memory_flat_and_the_upstream_is_released(
         peak = max(peak, proxy_process.status_kib("VmHWM"))
     print(f"slow reader: RSS {baseline} -> peak {peak} KiB; upstream sent {sent_when_stalled} bytes of 50 MB")
     assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {peak - baseline} KiB"
-    wait_for(
-        lambda: any(line["status"] == 499 for line in proxy_process.access_lines()), 10, "the 499 access line"
-    )
+    wait_for(lambda: any(line["status"] == 499 for line in proxy_process.access_lines()), 10, "the 499 access line")
     warm_up(proxy_process)  # and the proxy still serves
 
 

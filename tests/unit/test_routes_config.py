@@ -31,9 +31,17 @@ def services(cfg: Config) -> None:
 @pytest.mark.parametrize(
     ("data", "key"),
     [
-        ({"routes": [{"port": 8977, "upstream": {"service": "sns"}}]}, "routes[0].port: 8977 is already taken by listen.port"),
         (
-            {"routes": [{"port": 9000, "upstream": {"service": "sns"}}, {"port": 9000, "upstream": {"service": "sts"}}]},
+            {"routes": [{"port": 8977, "upstream": {"service": "sns"}}]},
+            "routes[0].port: 8977 is already taken by listen.port",
+        ),
+        (
+            {
+                "routes": [
+                    {"port": 9000, "upstream": {"service": "sns"}},
+                    {"port": 9000, "upstream": {"service": "sts"}},
+                ]
+            },
             "routes[1].port: 9000 is already taken by routes[0].port",
         ),
         (
@@ -51,10 +59,17 @@ def test_route_config_errors_name_the_route(data: dict[str, Any], key: str) -> N
 @pytest.mark.parametrize(
     ("route", "key"),
     [
-        ({"port": 9000, "upstream": {"service": "s3", "region": "us-east-1"}}, r"routes\[0\]\.upstream\.service: s3 speaks rest-xml"),
+        (
+            {"port": 9000, "upstream": {"service": "s3", "region": "us-east-1"}},
+            r"routes\[0\]\.upstream\.service: s3 speaks rest-xml",
+        ),
         ({"port": 9000, "upstream": {"service": "nosuch", "region": "us-east-1"}}, r"routes\[0\]\.upstream\.service"),
         (
-            {"port": 9000, "upstream": {"service": "sns", "region": "us-east-1"}, "policy": {"allow_actions": ["GetSecretValue"]}},
+            {
+                "port": 9000,
+                "upstream": {"service": "sns", "region": "us-east-1"},
+                "policy": {"allow_actions": ["GetSecretValue"]},
+            },
             r"routes\[0\]\.policy\.allow_actions\[0\]",
         ),
     ],

@@ -27,10 +27,28 @@ def decode(op: str, doc: Any, limits: InputLimits = DEFAULT_LIMITS) -> dict[str,
 def test_what_botocore_serializes_decodes_back_to_the_same_input() -> None:
     """Round trip through botocore's own JSONSerializer: every type the model uses for Secrets Manager."""
     cases = {
-        "PutSecretValue": {"SecretId": "a", "SecretBinary": b"\x00\xff", "VersionStages": ["X"], "ClientRequestToken": "t" * 32},
-        "ListSecrets": {"Filters": [{"Key": "name", "Values": ["a", "b"]}], "MaxResults": 5, "IncludePlannedDeletion": True},
-        "CreateSecret": {"Name": "n", "Tags": [{"Key": "k", "Value": "v"}], "ForceOverwriteReplicaSecret": False, "ClientRequestToken": "t" * 32},
-        "RotateSecret": {"SecretId": "a", "RotationRules": {"AutomaticallyAfterDays": 3}, "ClientRequestToken": "t" * 32},
+        "PutSecretValue": {
+            "SecretId": "a",
+            "SecretBinary": b"\x00\xff",
+            "VersionStages": ["X"],
+            "ClientRequestToken": "t" * 32,
+        },
+        "ListSecrets": {
+            "Filters": [{"Key": "name", "Values": ["a", "b"]}],
+            "MaxResults": 5,
+            "IncludePlannedDeletion": True,
+        },
+        "CreateSecret": {
+            "Name": "n",
+            "Tags": [{"Key": "k", "Value": "v"}],
+            "ForceOverwriteReplicaSecret": False,
+            "ClientRequestToken": "t" * 32,
+        },
+        "RotateSecret": {
+            "SecretId": "a",
+            "RotationRules": {"AutomaticallyAfterDays": 3},
+            "ClientRequestToken": "t" * 32,
+        },
     }
     for op, params in cases.items():
         body = JSONSerializer().serialize_to_request(params, SM.operation_model(op))["body"]
@@ -75,7 +93,10 @@ def test_bodies_that_are_not_json(body: bytes) -> None:
 
 
 def test_the_target_and_content_type_come_from_the_model() -> None:
-    assert sdk_operation(TRANSLATOR, "secretsmanager.GetSecretValue", "application/x-amz-json-1.1").name == "GetSecretValue"
+    assert (
+        sdk_operation(TRANSLATOR, "secretsmanager.GetSecretValue", "application/x-amz-json-1.1").name
+        == "GetSecretValue"
+    )
     with pytest.raises(errors.InvalidAction):
         sdk_operation(TRANSLATOR, "GetSecretValue", "application/x-amz-json-1.1")
     with pytest.raises(errors.InvalidAction):
@@ -86,7 +107,13 @@ def test_the_target_and_content_type_come_from_the_model() -> None:
 
 def test_credential_operations_come_from_the_model_and_the_table() -> None:
     sts = credential_operations(SESSION.get_service_model("sts"))
-    assert {"AssumeRole", "AssumeRoleWithSAML", "AssumeRoleWithWebIdentity", "GetSessionToken", "GetFederationToken"} <= sts
+    assert {
+        "AssumeRole",
+        "AssumeRoleWithSAML",
+        "AssumeRoleWithWebIdentity",
+        "GetSessionToken",
+        "GetFederationToken",
+    } <= sts
     assert "GetCallerIdentity" not in sts and "GetAccessKeyInfo" not in sts
     iam = credential_operations(SESSION.get_service_model("iam"))
     assert {"CreateAccessKey", "CreateServiceSpecificCredential", "ResetServiceSpecificCredential"} <= iam
