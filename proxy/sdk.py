@@ -9,6 +9,11 @@ rules, credential guard and policy as a Query request, writes the body again wit
 ``JSONSerializer`` (so what is signed is exactly what was checked: no duplicate keys, no members the model
 does not know), signs it with the role and relays the upstream's JSON answer unchanged (:mod:`proxy.relay`).
 Errors the proxy raises reach the SDK as JSON 1.1 errors (``{"__type": ..., "message": ...}``).
+
+One exception to "unchanged": with ``policy.allow_secrets`` set, an answer whose output shape can name secrets
+(``ListSecrets``' ``SecretList``, ``BatchGetSecretValue``'s ``SecretValues``, any ``ARN``/``Name``) is read whole
+(up to ``limits.max_response_bytes``), filtered by the same :func:`~proxy.translate.visible_output` as a Query
+answer and written again as JSON (:func:`filtered_answer`): an SDK call sees no more than a Query request.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import datetime
 import json
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,13 +32,22 @@ from botocore.model import ListShape, MapShape, OperationModel, Shape, Structure
 from botocore.utils import parse_timestamp
 
 from . import errors
-from .handler import SERVICE
-from .middleware import context
+from .handler import SERVICE, send_upstream
+from .middleware import RequestContext, context
 from .models import Operation
 from .parse import read_body, request_head
-from .relay import AWS_JSON, relay
+from .relay import AWS_JSON, answer_headers, relay
 from .service import Service
-from .translate import InputLimits, Translator, check_range, is_read_operation, secret_ids
+from .translate import (
+    OUTPUT_SECRET_ID_SHAPES,
+    InputLimits,
+    Translator,
+    check_range,
+    is_read_operation,
+    secret_ids,
+    upstream_error,
+    visible_output,
+)
 from .validate import check_head
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,6 +237,57 @@ def decode_sdk_call(translator: Translator, op: OperationModel, body: bytes) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# answers filtered by policy.allow_secrets
+
+
+def names_secrets(shape: Shape | None, seen: frozenset[str] = frozenset()) -> bool:
+    """True when ``shape`` (an output shape) has, at any depth, a member of a secret-id shape
+    (:data:`~proxy.translate.OUTPUT_SECRET_ID_SHAPES`): its answers can carry secrets the policy filters."""
+    if shape is None or shape.name in seen:
+        return False
+    seen = seen | {shape.name}
+    if isinstance(shape, StructureShape):
+        return any(m.name in OUTPUT_SECRET_ID_SHAPES or names_secrets(m, seen) for m in shape.members.values())
+    if isinstance(shape, ListShape):
+        return names_secrets(shape.member, seen)
+    if isinstance(shape, MapShape):
+        return names_secrets(shape.value, seen)
+    return False
+
+
+async def filtered_answer(
+    service: Service,
+    ctx: RequestContext,
+    operation: Operation,
+    output: Shape,
+    headers: dict[str, str],
+    payload: bytes,
+    keep: Callable[[str], bool],
+) -> web.Response:
+    """Send, read the whole answer (up to ``limits.max_response_bytes``) and answer the SDK with it after
+    :func:`~proxy.translate.visible_output` has taken out every secret ``keep`` refuses.
+
+    A JSON error body is relayed unchanged. Raises what :func:`~proxy.handler.send_upstream` raises, the
+    upstream's error for a non-JSON error body, BadGateway for a success that is not a JSON object, and
+    AccessDenied for an answer about a secret ``keep`` refuses.
+    """
+    response = await send_upstream(service, ctx, operation, headers, payload)
+    out_headers = answer_headers(response.headers, ctx.request_id)
+    if response.status >= 300:
+        if not AWS_JSON.holds(response.body):
+            raise upstream_error(response)
+        return web.Response(status=response.status, body=response.body, headers=out_headers)
+    try:
+        doc = json.loads(response.body) if response.body.strip() else {}
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise errors.BadGateway(f"the upstream answered {operation.name} with a body that is not a JSON object")
+    body = json.dumps(visible_output(output, doc, keep)).encode()
+    return web.Response(status=response.status, body=body, headers=out_headers)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the handler
 
 
@@ -239,9 +305,12 @@ async def handle_sdk(request: web.Request) -> web.StreamResponse:
     service.guard.check(operation)
     service.policy.check(operation)
     headers, payload = service.translator.json_request(operation)
-    if operation.is_read or not service.cache.enabled:
-        return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
-    try:  # a write through the SDK path leaves no cached answer of the secrets it names (issue 8)
+    keep, output = service.policy.answer_filter, op.output_shape
+    try:
+        if keep is not None and output is not None and names_secrets(output):
+            return await filtered_answer(service, ctx, operation, output, headers, payload, keep)
         return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
     finally:
-        service.cache.invalidate(operation.secret_ids)
+        if not operation.is_read and service.cache.enabled:
+            # a write through the SDK path leaves no cached answer of the secrets it names (issue 8)
+            service.cache.invalidate(operation.secret_ids)

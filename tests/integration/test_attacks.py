@@ -1,0 +1,51 @@
+"""Attacks through the real listener: what an app (or anything else that reaches the loopback port) and a
+hostile upstream can try, and the SPEC section 6 answer each must get. Never a 500, never a hang, never an
+upstream call the rules deny, never a secret outside ``policy.allow_secrets``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.integration.test_sdk import sdk_client
+
+# ---------------------------------------------------------------------------------------------------------
+# policy: an SDK's JSON call must not see more than a Query request does
+
+
+@pytest.fixture
+def hidden_secret(emulator: Any) -> Iterator[str]:
+    """A secret outside ``demo/*``: the app must never see its value, or learn its name."""
+    name = f"attack/hidden-{uuid.uuid4().hex[:6]}"
+    emulator.direct().create_secret(Name=name, SecretString="value-outside-the-policy")
+    yield name
+    emulator.direct().delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+
+
+def test_sdk_batch_get_by_filter_returns_only_allowed_values(start_proxy: Any, hidden_secret: str) -> None:
+    proxy = start_proxy(policy={"allow_secrets": ["demo/*"]})  # the default read-only actions
+    out = sdk_client(proxy.url).batch_get_secret_value(Filters=[{"Key": "name", "Values": ["attack/", "demo/"]}])
+    assert [v["Name"] for v in out["SecretValues"]] == ["demo/db-password"]
+    assert "value-outside-the-policy" not in str(out)
+
+
+def test_sdk_list_secrets_shows_only_allowed_secrets(start_proxy: Any, hidden_secret: str) -> None:
+    proxy = start_proxy(policy={"allow_secrets": ["demo/*"]})
+    listed = sdk_client(proxy.url).list_secrets(MaxResults=100)["SecretList"]
+    assert [s["Name"] for s in listed] == ["demo/db-password"]
+    assert all(isinstance(s["LastChangedDate"], type(listed[0]["LastChangedDate"])) for s in listed)
+
+
+def test_sdk_answer_about_another_secret_is_denied(start_proxy: Any, emulator: Any, hidden_secret: str) -> None:
+    """A partial ARN that the pattern admits but AWS resolves to a secret outside it (SPEC section 5)."""
+    proxy = start_proxy(policy={"allow_secrets": ["attack/hidden"]})
+    arn = emulator.direct().describe_secret(SecretId=hidden_secret)["ARN"]
+    partial = arn.rsplit("-", 1)[0]  # arn:...:secret:attack/hidden-xxxxxx: reads as the full ARN of attack/hidden
+    with pytest.raises(ClientError) as denied:
+        sdk_client(proxy.url).get_secret_value(SecretId=partial)
+    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    assert "value-outside-the-policy" not in str(denied.value.response)
