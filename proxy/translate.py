@@ -381,6 +381,14 @@ def _render_members(shape: StructureShape, value: dict[str, Any], out: list[str]
 # one service's translator, prepared once
 
 
+class StrictJSONParser(JSONParser):
+    """botocore's JSONParser, except that a body that is not JSON raises ValueError (RecursionError when nested
+    too deeply) instead of parsing as ``{"message": body}``, which would render as an empty success."""
+
+    def _parse_body_as_json(self, body_contents: bytes) -> Any:
+        return json.loads(body_contents) if body_contents else {}
+
+
 READ_PREFIXES = ("Get", "Describe", "List", "BatchGet")
 # The model's shapes whose values name a secret in an input (SecretId, CreateSecret's Name, SecretIdList
 # members, CrossAccountReplicaARN ...).
@@ -411,7 +419,7 @@ class Translator:
         self.xmlns = f"https://{prefix}.amazonaws.com/doc/{self.api_version}/"
         self._serializer = JSONSerializer()
         # timestamps and blobs are kept as the upstream wrote them: the renderer formats them once.
-        self._parser = JSONParser(timestamp_parser=lambda v: v, blob_parser=lambda v: v)
+        self._parser = StrictJSONParser(timestamp_parser=lambda v: v, blob_parser=lambda v: v)
         self._operations: dict[str, OperationModel] = {
             name: service_model.operation_model(name) for name in service_model.operation_names
         }
@@ -479,7 +487,7 @@ class Translator:
                     },
                     shape,
                 )
-            except (ResponseParserError, ValueError, TypeError, AttributeError):
+            except (ResponseParserError, ValueError, TypeError, AttributeError, RecursionError):
                 raise errors.BadGateway(
                     f"the upstream answered {operation_name} with a body that is not JSON 1.1"
                 ) from None
@@ -585,7 +593,7 @@ def upstream_error(response: UpstreamResponse) -> errors.UpstreamError:
     if stripped.startswith(b"{"):
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's limit
             doc = None
         if isinstance(doc, dict):
             raw = doc.get("__type") or doc.get("code") or doc.get("Code")

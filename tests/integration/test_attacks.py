@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.faults import answer, xml_error
 from tests.integration.test_sdk import sdk_client
+from tests.support import raw_request
 
 # ---------------------------------------------------------------------------------------------------------
 # policy: an SDK's JSON call must not see more than a Query request does
@@ -49,3 +51,36 @@ def test_sdk_answer_about_another_secret_is_denied(start_proxy: Any, emulator: A
         sdk_client(proxy.url).get_secret_value(SecretId=partial)
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     assert "value-outside-the-policy" not in str(denied.value.response)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a hostile upstream: every answer it can make ends in a SPEC section 6 answer, never a 500 of the proxy's own
+
+QUERY = "/?Action=GetSecretValue&Version=2017-10-17&SecretId=app%2Fdb"
+DEEP = b"[" * 100_000
+
+
+def query_error(proxy: Any) -> tuple[int, str, bytes]:
+    resp = raw_request(proxy.port, "GET", QUERY)
+    assert resp.header("Content-Type") == "text/xml", resp.body[:200]
+    return resp.status, xml_error(resp.body)[1], resp.body
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "want_status", "want_code"),
+    [
+        (400, b'{"__type": ' + DEEP, 400, "BadRequest"),  # nested past the recursion limit
+        (500, b'{"__type": "x", "message": ' + DEEP + b"}", 500, "InternalFailure"),
+        (200, b'{"Name": ' + DEEP + b"}", 502, "BadGateway"),
+        (200, b'{"Name": "app/db", "SecretString": "s3cr3t",}', 502, "BadGateway"),  # not JSON: not an empty success
+        (200, b'{"Name": 1' + b"0" * 5000 + b"}", 502, "BadGateway"),  # past int's digit limit
+    ],
+)
+def test_hostile_json_bodies(
+    start_fault: Any, start_fault_proxy: Any, status: int, body: bytes, want_status: int, want_code: str
+) -> None:
+    fault = start_fault(answer(status, body))
+    proxy = start_fault_proxy(fault.url, upstream={"max_attempts": 1})
+    got_status, code, raw = query_error(proxy)
+    assert (got_status, code) == (want_status, want_code), raw[:300]
+    assert b"s3cr3t" not in raw and b"failed unexpectedly" not in raw
