@@ -16,7 +16,8 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     ├── ServerError (5xx, Receiver)
     │   ├── ServiceUnavailable 503    ├── BadGateway 502
     │   │                             │   ├── UpstreamUnresolvable 502 (final: not retried)
-    │   │                             │   └── UpstreamCertificateInvalid 502 (final: not retried)
+    │   │                             │   ├── UpstreamCertificateInvalid 502 (final: not retried)
+    │   │                             │   └── UpstreamUnexpectedStatus 502 (final: 1xx, 3xx)
     │   ├── CredentialsUnavailable 503├── ResponseTooLarge 502
     │   ├── GatewayTimeout 504        └── UnrepresentableValue 502
     └── UpstreamError (status and code taken from the upstream's answer)
@@ -139,6 +140,13 @@ class UpstreamUnresolvable(BadGateway):
 
 class UpstreamCertificateInvalid(BadGateway):
     """The upstream's TLS certificate does not verify (unknown CA, wrong host name, expired)."""
+
+    transient = False
+
+
+class UpstreamUnexpectedStatus(BadGateway):
+    """The upstream answered with a status the proxy does not pass on: a redirect (3xx, never followed), an
+    interim or upgrade answer (1xx), or a status outside 100-599."""
 
     transient = False
 

@@ -68,6 +68,18 @@ def upstream_errors() -> Iterator[None]:
 _DECODED_AWAY = frozenset({"content-encoding", "content-length"})
 
 
+def check_status(status: int) -> None:
+    """Only final answers are passed on: 2xx, 4xx and 5xx. Raises UpstreamUnexpectedStatus (502, not retried)
+    for a redirect (3xx: never followed, the upstream comes from the configuration only, SPEC section 5), an
+    interim or upgrade answer (1xx) and a status outside 100-599."""
+    if 200 <= status < 300 or 400 <= status < 600:
+        return
+    raise errors.UpstreamUnexpectedStatus(
+        f"the upstream answered HTTP {status}; the proxy follows no redirects or upgrades "
+        "(check upstream.endpoint_url)"
+    )
+
+
 def decode_body(encoding: str | None, body: bytes, max_bytes: int) -> bytes:
     """``body`` decoded from its ``Content-Encoding`` (None or ``identity``: as is; ``gzip``, ``x-gzip``,
     ``deflate`` with or without the zlib wrapper), at most ``max_bytes`` bytes after decoding.
@@ -183,7 +195,8 @@ class AiohttpUpstream:
         """Send and read the whole answer (up to ``max_response_bytes``).
 
         Raises BadGateway (refused, reset, TLS handshake failure), UpstreamUnresolvable (the host name does
-        not resolve), UpstreamCertificateInvalid, GatewayTimeout (connect or read deadline), ResponseTooLarge.
+        not resolve), UpstreamCertificateInvalid, UpstreamUnexpectedStatus (1xx, 3xx), GatewayTimeout (connect
+        or read deadline), ResponseTooLarge.
         On any failure, or when the caller's deadline cancels it, the connection is closed, not pooled.
         """
         assert self._session is not None, "start() first"
@@ -199,6 +212,7 @@ class AiohttpUpstream:
             data=request.body,
             allow_redirects=False,
         ) as resp:
+            check_status(resp.status)
             declared = resp.content_length
             if declared is not None and declared > limit:
                 raise errors.ResponseTooLarge(
@@ -236,6 +250,11 @@ class AiohttpUpstream:
                 data=request.body,
                 allow_redirects=False,
             )
+        try:
+            check_status(resp.status)
+        except errors.ProxyError:
+            resp.close()
+            raise
         return _AiohttpStream(resp)
 
     async def aclose(self) -> None:

@@ -4,6 +4,7 @@ upstream call the rules deny, never a secret outside ``policy.allow_secrets``.""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.faults import answer, xml_error
+from tests.faults import JSON_TYPE, answer, xml_error
 from tests.integration.test_sdk import sdk_client
 from tests.support import raw_request
 
@@ -84,3 +85,34 @@ def test_hostile_json_bodies(
     got_status, code, raw = query_error(proxy)
     assert (got_status, code) == (want_status, want_code), raw[:300]
     assert b"s3cr3t" not in raw and b"failed unexpectedly" not in raw
+
+
+def sdk_call(proxy: Any) -> Any:
+    return raw_request(
+        proxy.port,
+        "POST",
+        "/",
+        body=b'{"SecretId": "app/db"}',
+        headers={"Host": "127.0.0.1", "Content-Type": JSON_TYPE, "X-Amz-Target": "secretsmanager.GetSecretValue"},
+    )
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        answer(302, {"__type": "Moved"}, headers={"Location": "https://evil.example/"}),
+        answer(307, b"", headers={"Location": "https://evil.example/"}),
+        answer(301, "<html>moved</html>", content_type="text/html", headers={"Location": "https://evil.example/"}),
+        answer(101, b"", headers={"Upgrade": "websocket", "Connection": "Upgrade"}),
+    ],
+    ids=["302-json", "307-empty", "301-html", "101-upgrade"],
+)
+def test_redirects_and_upgrades_are_502_and_not_retried(start_fault: Any, start_fault_proxy: Any, behaviour: Any) -> None:
+    fault = start_fault(behaviour)
+    proxy = start_fault_proxy(fault.url)  # max_attempts 3
+    status, code, _ = query_error(proxy)
+    assert (status, code) == (502, "BadGateway")
+    assert len(fault.seen) == 1  # final: another attempt would meet the same answer
+    sdk = sdk_call(proxy)
+    assert (sdk.status, sdk.header("Location")) == (502, None)
+    assert json.loads(sdk.body)["__type"] == "BadGateway"
