@@ -3,6 +3,7 @@ send -> relay. Each stage is a call into its own module; this file only sequence
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -19,6 +20,9 @@ from .translate import upstream_error
 from .validate import check_head
 
 SERVICE = web.AppKey("service", Service)
+# An upstream request id the proxy repeats (header, XML, log line): AWS's are UUIDs or base64-like tokens. Any
+# other value (control characters, non-UTF-8 bytes, kilobytes of it) is not echoed; the proxy's own id stays.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 async def handle_query(request: web.Request) -> web.StreamResponse:
@@ -60,7 +64,8 @@ async def send_upstream(
     """Sign with the current credentials and send, with retries (:mod:`proxy.attempts`).
 
     ``send`` replaces ``service.upstream.send`` (the streaming path, :mod:`proxy.relay`). Records the
-    attempts, the upstream status and the upstream's request id on ``ctx``.
+    attempts, the upstream status and the upstream's request id (when it looks like one, :data:`REQUEST_ID`)
+    on ``ctx``.
     """
     record = AttemptRecord()
 
@@ -91,6 +96,6 @@ async def send_upstream(
         service.metrics.upstream_duration.labels(action=operation.name).observe(record.upstream_seconds)
     ctx.upstream_status = response.status
     upstream_id = response.header("x-amzn-RequestId")
-    if upstream_id:
+    if upstream_id and REQUEST_ID.fullmatch(upstream_id):
         ctx.request_id = upstream_id
     return response

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,13 +71,19 @@ NOT_RELAYED = frozenset(
     }
 )
 REQUEST_ID_HEADER = "x-amzn-RequestId"
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def answer_headers(upstream: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
-    """The upstream's headers minus :data:`NOT_RELAYED`; ``x-amzn-RequestId`` added when the upstream sent none."""
-    headers = [(k, v) for k, v in upstream if k.lower() not in NOT_RELAYED]
-    if not any(k.lower() == REQUEST_ID_HEADER.lower() for k, _ in headers):
-        headers.append((REQUEST_ID_HEADER, request_id))
+    """The upstream's headers minus :data:`NOT_RELAYED` and minus any holding a control character (which the
+    HTTP writer refuses), with ``x-amzn-RequestId: request_id`` (the upstream's own when it sent a well-formed
+    one, :func:`~proxy.handler.send_upstream`)."""
+    headers = [
+        (k, v)
+        for k, v in upstream
+        if k.lower() not in NOT_RELAYED and k.lower() != REQUEST_ID_HEADER.lower() and not _CONTROL.search(k + v)
+    ]
+    headers.append((REQUEST_ID_HEADER, request_id))
     return headers
 
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from botocore.exceptions import ClientError
 
-from tests.faults import JSON_TYPE, answer, xml_error
+from tests.faults import JSON_TYPE, answer, secret_value, xml_error
 from tests.integration.test_sdk import sdk_client
 from tests.support import raw_request
 
@@ -116,3 +117,42 @@ def test_redirects_and_upgrades_are_502_and_not_retried(start_fault: Any, start_
     sdk = sdk_call(proxy)
     assert (sdk.status, sdk.header("Location")) == (502, None)
     assert json.loads(sdk.body)["__type"] == "BadGateway"
+
+
+def raw_answer(data: bytes) -> Any:
+    """Write ``data`` as the whole HTTP answer, then close the connection."""
+
+    async def behave(request: web.Request, seen: Any) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.write(data)
+        request.transport.close()
+        return web.Response()
+
+    return behave
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    [b"\xff\xfe<evil>&amp;", b"r" * 8000, b"id\x01with-control", b"two words"],
+    ids=["not-utf8", "8000-chars", "control", "space"],
+)
+def test_an_odd_upstream_request_id_is_replaced_by_the_proxys_own(
+    start_fault: Any, start_fault_proxy: Any, request_id: bytes
+) -> None:
+    body = json.dumps(secret_value()).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: " + request_id
+    fault = start_fault(raw_answer(head + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body))
+    proxy = start_fault_proxy(fault.url, upstream={"max_attempts": 1})
+    for resp in (raw_request(proxy.port, "GET", QUERY), sdk_call(proxy)):
+        assert resp.status == 200, resp.body[:300]
+        assert str(uuid.UUID(resp.header("x-amzn-RequestId") or "")) == resp.header("x-amzn-RequestId")
+
+
+def test_an_upstream_header_with_a_control_character_is_not_relayed(start_fault: Any, start_fault_proxy: Any) -> None:
+    body = json.dumps(secret_value()).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nX-Junk: a\x01b\r\nX-Fine: ok"
+    fault = start_fault(raw_answer(head + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body))
+    proxy = start_fault_proxy(fault.url, upstream={"max_attempts": 1})
+    resp = sdk_call(proxy)
+    assert resp.status == 200, resp.body[:300]
+    assert (resp.header("X-Junk"), resp.header("X-Fine")) == (None, "ok")
