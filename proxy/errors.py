@@ -12,7 +12,8 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     │   ├── UnsupportedMediaType 415  ├── NoSuchVersion 400
     │   ├── RequestURITooLong 414     ├── UnknownParameter 400
     │   ├── RequestEntityTooLarge 413 ├── MissingParameter 400 / InvalidParameterValue 400
-    │   ├── AccessDenied 403          └── MalformedJSON 400 (SerializationException; SDK calls)
+    │   ├── RequestTimeout 408        ├── MalformedJSON 400 (SerializationException; SDK calls)
+    │   └── AccessDenied 403
     ├── ServerError (5xx, Receiver)
     │   ├── ServiceUnavailable 503    ├── BadGateway 502
     │   │                             │   ├── UpstreamUnresolvable 502 (final: not retried)
@@ -71,6 +72,13 @@ class RequestURITooLong(ClientError):
 
 class RequestEntityTooLarge(ClientError):
     status, code = 413, "RequestEntityTooLarge"
+
+
+class RequestTimeout(ClientError):
+    """The request body stopped arriving (a Content-Length above the bytes sent, a chunked body without its
+    last chunk)."""
+
+    status, code = 408, "RequestTimeout"
 
 
 class MalformedQueryString(ClientError):

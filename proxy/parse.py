@@ -7,6 +7,7 @@ Malformed escapes and invalid UTF-8 are errors (MalformedQueryString), not silen
 
 from __future__ import annotations
 
+import asyncio
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -38,6 +39,9 @@ SIGNING_PARAMETERS = frozenset(
 )
 
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# A body of at most limits.max_body_bytes from a client on loopback arrives in milliseconds; one that stops
+# arriving would hold its limits.max_concurrent_requests slot (and the connection) for ever.
+BODY_TIMEOUT_SECONDS = 10.0
 
 
 def decode_form(raw: bytes, where: str) -> list[tuple[str, str]]:
@@ -66,7 +70,8 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
     """Read the whole body, Content-Length or chunked, stopping at ``max_body_bytes`` (bytes).
 
     Raises RequestEntityTooLarge as soon as the announced length or the bytes read pass the limit;
-    MalformedQueryString when aiohttp's HTTP parser finds the body's framing broken while it is read.
+    MalformedQueryString when aiohttp's HTTP parser finds the body's framing broken while it is read;
+    RequestTimeout when the whole body has not arrived within :data:`BODY_TIMEOUT_SECONDS`.
     """
     too_large = errors.RequestEntityTooLarge(f"the request body is over limits.max_body_bytes ({max_body_bytes} bytes)")
     declared = request.content_length
@@ -74,10 +79,16 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
         raise too_large
     body = bytearray()
     try:
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise too_large
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > max_body_bytes:
+                    raise too_large
+    except TimeoutError:  # aiohttp discards what may still come of the body (lingering close), then closes
+        raise errors.RequestTimeout(
+            f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s "
+            "(is Content-Length larger than the body, or a chunked body missing its last chunk?)"
+        ) from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:
         raise errors.MalformedQueryString(f"the request body could not be read: {type(exc).__name__}") from None
     return bytes(body)

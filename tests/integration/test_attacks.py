@@ -5,6 +5,9 @@ upstream call the rules deny, never a secret outside ``policy.allow_secrets``.""
 from __future__ import annotations
 
 import json
+import re
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +16,7 @@ import pytest
 from aiohttp import web
 from botocore.exceptions import ClientError
 
+from proxy import parse
 from tests.faults import JSON_TYPE, answer, secret_value, xml_error
 from tests.integration.test_sdk import sdk_client
 from tests.support import raw_request
@@ -156,3 +160,54 @@ def test_an_upstream_header_with_a_control_character_is_not_relayed(start_fault:
     resp = sdk_call(proxy)
     assert resp.status == 200, resp.body[:300]
     assert (resp.header("X-Junk"), resp.header("X-Fine")) == (None, "ok")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTTP framing: a body that never arrives must not hold a max_concurrent_requests slot for ever
+
+FORM = b"Action=GetSecretValue&Version=2017-10-17&SecretId=app%2Fdb"
+FORM_HEAD = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+
+
+def read_answer(sock: socket.socket, timeout: float) -> bytes:
+    """One answer with a Content-Length, head and body (fails the test after ``timeout`` s)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        FORM_HEAD + b"Content-Length: %d\r\n\r\n" % (len(FORM) + 50) + FORM,  # 50 bytes short
+        FORM_HEAD + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(FORM) + FORM + b"\r\n",  # no last chunk
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.1\r\n"
+        b"X-Amz-Target: secretsmanager.GetSecretValue\r\nContent-Length: 100\r\n\r\n{",  # an SDK call
+    ],
+    ids=["short-content-length", "chunked-without-end", "sdk"],
+)
+def test_a_body_that_stops_arriving_is_408_and_frees_its_slot(
+    start_fault: Any, start_fault_proxy: Any, monkeypatch: pytest.MonkeyPatch, request_bytes: bytes
+) -> None:
+    monkeypatch.setattr(parse, "BODY_TIMEOUT_SECONDS", 0.5, raising=False)
+    fault = start_fault(answer(200, secret_value()))
+    proxy = start_fault_proxy(fault.url, limits={"max_concurrent_requests": 1})
+    with socket.create_connection(("127.0.0.1", proxy.port)) as stalled:
+        stalled.sendall(request_bytes)
+        started = time.monotonic()
+        answer_bytes = read_answer(stalled, timeout=10)
+    assert time.monotonic() - started < 5
+    assert answer_bytes.startswith(b"HTTP/1.1 408 "), answer_bytes[:300]
+    assert b"RequestTimeout" in answer_bytes
+    assert raw_request(proxy.port, "GET", QUERY).status == 200  # the one slot is free again
+    assert len(fault.seen) == 1
