@@ -108,6 +108,7 @@ async def send_with_retries(
     credentials_get: Callable[[], Awaitable[Snapshot]],
     credentials_refresh: Callable[[Snapshot], Awaitable[Snapshot]],
     policy: AttemptPolicy,
+    may_refresh: Callable[[Snapshot], bool] = lambda rejected: True,
     retryable: bool,
     record: AttemptRecord,
     clock_skew: ClockSkew | None = None,
@@ -115,7 +116,8 @@ async def send_with_retries(
     """Run attempts until an answer that is final, the attempts are spent or the deadline passes.
 
     ``send`` is the transport's coroutine function, ``build`` signs a fresh request from a credential snapshot;
-    ``credentials_refresh(rejected)`` replaces the snapshot the upstream refused; ``clock_skew`` learns the
+    ``credentials_refresh(rejected)`` replaces the snapshot the upstream refused unless ``may_refresh(rejected)``
+    says the refusal is not worth another fetch (the refusal is then the answer); ``clock_skew`` learns the
     signing-time offset from a skew error (one retry).
     Returns the last upstream answer (success or error). Raises GatewayTimeout when the total deadline
     passes, BadGateway for a connection failure on the last attempt, CredentialsUnavailable.
@@ -152,7 +154,7 @@ async def send_with_retries(
         if kind is None or attempt >= policy.max_attempts:
             return response
         if kind == "expired":
-            if refreshed:
+            if refreshed or not may_refresh(creds):
                 return response
             refreshed = True
             log.warning("the upstream rejected the credentials; refreshing once and retrying")

@@ -56,6 +56,11 @@ RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 # The refresher never re-reads the schedule more often than this (a tiny jitter is not a busy loop).
 MIN_WAIT_SECONDS = 0.1
+# A snapshot fetched because the upstream refused its predecessor, and refused in turn, is not replaced again
+# before this many seconds have passed since its fetch: the refusal is not about its age (a clock far off, a
+# role whose sessions are revoked, an endpoint of another partition), and fetching again for every request
+# would turn each one into an STS call.
+REFUSED_AGAIN_SECONDS = 30.0
 # The upstream rejected credentials for these codes: the source behind them may be stale too.
 REJECTED_CREDENTIAL_CODES = frozenset(
     {"ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException"}
@@ -338,6 +343,7 @@ class CredentialManager:
         self._rand = rand
         self._snapshot: Snapshot | None = None
         self._rejected: Snapshot | None = None  # refused by the upstream: not signed with again
+        self._forced: Snapshot | None = None  # the last snapshot fetched because the upstream refused one
         self._inflight: asyncio.Task[Snapshot] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -417,7 +423,16 @@ class CredentialManager:
             if self._inflight is None and self._failures and now < self._retry_at:
                 raise errors.CredentialsUnavailable(self._unavailable())
         task = self._inflight or self._start_refresh()
-        return await asyncio.shield(task)
+        snap = await asyncio.shield(task)
+        if rejected is not None:
+            self._forced = snap
+        return snap
+
+    def may_refresh(self, rejected: Snapshot) -> bool:
+        """Whether the upstream's refusal of ``rejected`` is worth a :meth:`refresh`: False when ``rejected`` was
+        itself fetched because the upstream refused its predecessor, less than :data:`REFUSED_AGAIN_SECONDS`
+        ago. The caller then answers with the upstream's refusal instead of calling STS once per request."""
+        return rejected is not self._forced or self._clock() - rejected.issued >= REFUSED_AGAIN_SECONDS
 
     def _unavailable(self) -> str:
         return f"no valid AWS credentials, retrying in the background ({self.unready_reason()})"

@@ -85,6 +85,7 @@ async def send_upstream(
             build=build,
             credentials_get=service.credentials.get,
             credentials_refresh=service.credentials.refresh,
+            may_refresh=service.credentials.may_refresh,
             policy=service.attempts,
             retryable=operation.retryable,
             record=record,

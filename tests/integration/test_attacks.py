@@ -17,6 +17,8 @@ from aiohttp import web
 from botocore.exceptions import ClientError
 
 from proxy import parse
+from proxy.credentials import REFUSED_AGAIN_SECONDS
+from tests.fakeaws import FakeAWS
 from tests.faults import JSON_TYPE, answer, secret_value, xml_error
 from tests.integration.test_sdk import sdk_client
 from tests.support import raw_request
@@ -211,3 +213,26 @@ def test_a_body_that_stops_arriving_is_408_and_frees_its_slot(
     assert b"RequestTimeout" in answer_bytes
     assert raw_request(proxy.port, "GET", QUERY).status == 200  # the one slot is free again
     assert len(fault.seen) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# credentials: an upstream that refuses every session must not turn each request into an STS call
+
+
+def test_an_upstream_answering_expired_token_forever_does_not_flood_sts(aws: FakeAWS) -> None:
+    aws.env_keys()
+    proxy = aws.start_proxy(credentials={"role_arn": FakeAWS.ROLE_ARN})
+    aws.ok(proxy)
+    fetched = len(aws.sts.issued())
+    expired = (400, "ExpiredTokenException", "The security token included in the request is expired")
+    aws.upstream.fail_next.extend([expired] * 100)
+    for _ in range(20):
+        resp = aws.get_secret(proxy)
+        assert (resp.status, xml_error(resp.body)[1]) == (400, "ExpiredTokenException")
+    assert len(aws.sts.issued()) == fetched + 1  # one refresh for the first refusal, none per request after it
+    assert aws.get(proxy, "/readyz").status == 200
+    aws.advance(REFUSED_AGAIN_SECONDS)  # later, a refusal may be about age again: one more refresh
+    aws.get_secret(proxy)
+    assert len(aws.sts.issued()) == fetched + 2
+    aws.upstream.fail_next.clear()
+    aws.ok(proxy)
