@@ -83,12 +83,14 @@ def run(argv: Sequence[str]) -> int:
         app = create_app(cfg)
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
+    from .app import ListenError
+
     try:
         asyncio.run(serve(cfg, app=app))
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
-    except OSError as exc:
-        return _fail(f"cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc.strerror}", 1)
+    except ListenError as exc:
+        return _fail(str(exc), 1)
     return 0
 
 
@@ -107,10 +109,14 @@ def run_local(argv: Sequence[str]) -> int:
         from .local import run_local as _run_local
     except ImportError as exc:
         return _fail(f"'local' needs the [local] extra (pip install 'query-signing-proxy[local]'): {exc.name}", 1)
+    from .app import ListenError
+
     try:
         return _run_local(args.config, args.listen)
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
+    except ListenError as exc:
+        return _fail(str(exc), 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

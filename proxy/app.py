@@ -48,6 +48,10 @@ log = logging.getLogger("proxy")
 LATE_CONNECTION_POLL_SECONDS = 0.05
 
 
+class ListenError(Exception):
+    """A listener could not be bound; the message names the address and why (``Address already in use``)."""
+
+
 class Lifecycle:
     """Process-wide state the admin endpoints report: draining after SIGTERM."""
 
@@ -290,15 +294,22 @@ def _server_ssl(cfg: Config) -> ssl.SSLContext | None:
 
 
 async def start_sites(runner: web.AppRunner, hosts: list[str], port: int, ssl_context: ssl.SSLContext | None) -> int:
-    """Start a TCPSite per host; returns the bound port (the first site's when ``port`` is 0)."""
+    """Start a TCPSite per host; returns the bound port (the first site's when ``port`` is 0).
+
+    Raises ListenError naming ``host:port`` when an address cannot be bound (in use, not on this machine)."""
     bound = port
     for host in hosts:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, bound))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, bound))
+        except OSError as exc:
+            sock.close()
+            shown = f"[{host}]" if family == socket.AF_INET6 else host
+            raise ListenError(f"cannot listen on {shown}:{bound}: {exc.strerror or exc}") from None
         bound = sock.getsockname()[1]
         site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()

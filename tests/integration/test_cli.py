@@ -6,6 +6,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,3 +115,31 @@ def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def busy_port() -> socket.socket:
+    """A listening socket on 127.0.0.1 that the test holds (its port is in use)."""
+    return socket.create_server(("127.0.0.1", 0))
+
+
+def test_local_on_a_port_in_use_says_so_in_one_line() -> None:
+    with busy_port() as taken:
+        port = taken.getsockname()[1]
+        out = run("local", "--listen", f"127.0.0.1:{port}")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr
+    assert f"query-signing-proxy: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "curl" not in out.stdout
+
+
+def test_an_admin_port_in_use_is_named(tmp_path: Path) -> None:
+    with busy_port() as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "proxy.yaml"
+        config.write_text(
+            f"listen: {{port: 0}}\nadmin: {{host: 127.0.0.1, port: {port}}}\nupstream: {{region: us-east-1}}\n"
+        )
+        out = run("--config", str(config))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr
+    assert f"query-signing-proxy: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
