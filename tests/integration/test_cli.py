@@ -143,3 +143,47 @@ def test_an_admin_port_in_use_is_named(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "Traceback" not in out.stderr, out.stderr
     assert f"query-signing-proxy: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+
+
+def readme_quick_start_sdk_command() -> str:
+    """The SDK command of the README's quick start (the second ``sh`` block after its curl line)."""
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", quick, re.S)
+    command = next(b for b in blocks if "AWS_ENDPOINT_URL_SECRETS_MANAGER" in b)
+    return command.replace("\\\n", " ").strip()
+
+
+def test_the_readme_quick_start_sdk_command_reads_the_demo_secret() -> None:
+    proc = subprocess.Popen(
+        [*CLI, "local", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=clean_aws_environ(),
+        cwd=ROOT,
+    )
+    try:
+        port = read_until(proc, re.compile(rb"curl -s 'http://127\.0\.0\.1:(\d+)/"), timeout=120).group(1).decode()
+        command = readme_quick_start_sdk_command().replace("127.0.0.1:8977", f"127.0.0.1:{port}")
+        command = command.replace(".venv/bin/python", sys.executable)
+        out = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, timeout=60, env=clean_aws_environ(), cwd=ROOT
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == DEMO_SECRET_VALUE
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_shipped_configs_check_with_a_region_as_the_readme_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "AWS_REGION=eu-west-1 query-signing-proxy check-config config/proxy.yaml" in readme
+    for path in ("config/proxy.yaml", "config/container.yaml", "config/local.yaml", "deploy/base/proxy.yaml"):
+        out = run("check-config", path, env={**clean_aws_environ(), "AWS_REGION": "eu-west-1"})
+        assert out.returncode == 0, f"{path}: {out.stderr}"
+    out = run("check-config", "config/proxy.yaml")
+    assert out.returncode == 2 and "upstream.region: no region in the file or the environment" in out.stderr
