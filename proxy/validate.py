@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from . import errors
 from .caller_token import CallerToken
@@ -71,9 +72,24 @@ def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
         return False
 
 
+def target_authority(target: str) -> str | None:
+    """The host (and port) of an absolute-form request target (``GET http://host:port/?...``), which RFC 9112
+    section 3.2.2 makes the request's host instead of the Host header; None for an origin-form target."""
+    if target.startswith("/"):
+        return None
+    return urlsplit(target).netloc.rpartition("@")[2]
+
+
 def check_host(head: RequestHead, settings: RuleSettings) -> None:
+    """The Host header, and the authority of an absolute-form target, must be allowed (:func:`host_allowed`)."""
     if not host_allowed(head.host, settings.allowed_hosts):
         raise errors.AccessDenied("the Host header is not a loopback address, localhost or in listen.allowed_hosts")
+    authority = target_authority(head.target)
+    if authority is not None and not host_allowed(authority, settings.allowed_hosts):
+        raise errors.AccessDenied(
+            "the request target's host is not a loopback address, localhost or in listen.allowed_hosts "
+            "(send an origin-form target: GET /?Action=...)"
+        )
 
 
 def check_token(head: RequestHead, settings: RuleSettings) -> None:

@@ -236,3 +236,23 @@ def test_an_upstream_answering_expired_token_forever_does_not_flood_sts(aws: Fak
     assert len(aws.sts.issued()) == fetched + 2
     aws.upstream.fail_next.clear()
     aws.ok(proxy)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Host: an absolute-form target names the host a server must go by (RFC 9112 section 3.2.2)
+
+
+@pytest.mark.parametrize(
+    ("target_host", "status"),
+    [("evil.example", 403), ("127.0.0.1.nip.io", 403), ("EVIL.example:8977", 403), ("127.0.0.1", 200), ("[::1]", 200)],
+)
+def test_an_absolute_form_target_must_name_an_allowed_host(
+    start_fault: Any, start_fault_proxy: Any, target_host: str, status: int
+) -> None:
+    fault = start_fault(answer(200, secret_value()))
+    proxy = start_fault_proxy(fault.url)
+    resp = raw_request(proxy.port, "GET", f"http://{target_host}{QUERY}", headers={"Host": "127.0.0.1"})
+    assert resp.status == status, resp.body[:300]
+    if status == 403:
+        assert xml_error(resp.body)[1] == "AccessDenied"
+        assert fault.seen == []
