@@ -75,8 +75,7 @@ def check_status(status: int) -> None:
     if 200 <= status < 300 or 400 <= status < 600:
         return
     raise errors.UpstreamUnexpectedStatus(
-        f"the upstream answered HTTP {status}; the proxy follows no redirects or upgrades "
-        "(check upstream.endpoint_url)"
+        f"the upstream answered HTTP {status}; the proxy follows no redirects or upgrades (check upstream.endpoint_url)"
     )
 
 

@@ -114,7 +114,9 @@ def sdk_call(proxy: Any) -> Any:
     ],
     ids=["302-json", "307-empty", "301-html", "101-upgrade"],
 )
-def test_redirects_and_upgrades_are_502_and_not_retried(start_fault: Any, start_fault_proxy: Any, behaviour: Any) -> None:
+def test_redirects_and_upgrades_are_502_and_not_retried(
+    start_fault: Any, start_fault_proxy: Any, behaviour: Any
+) -> None:
     fault = start_fault(behaviour)
     proxy = start_fault_proxy(fault.url)  # max_attempts 3
     status, code, _ = query_error(proxy)
