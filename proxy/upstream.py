@@ -22,6 +22,8 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import Protocol
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from . import errors
 from .models import SignedRequest, UpstreamResponse
@@ -172,6 +174,7 @@ class AiohttpUpstream:
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._max_response_bytes = max_response_bytes
+        self._proxies: dict[str, dict[str, object]] = {}
 
     async def start(self) -> None:
         """Open the pooled ClientSession (inside the running loop)."""
@@ -185,10 +188,33 @@ class AiohttpUpstream:
             connector=connector,
             timeout=self._timeout,
             auto_decompress=False,
-            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as botocore honours them
+            trust_env=False,  # HTTPS_PROXY / NO_PROXY are read once per URL instead (_proxy_args)
+            cookie_jar=aiohttp.DummyCookieJar(),  # AWS APIs set no cookies; botocore keeps none either
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
             headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
         )
+        self._proxies.clear()
+
+    def _proxy_args(self, url: str) -> dict[str, object]:
+        """The outbound proxy for ``url`` from ``HTTPS_PROXY`` / ``NO_PROXY`` (and ``~/.netrc`` for its
+        credentials), as botocore and aiohttp's ``trust_env`` honour them, looked up once per URL.
+
+        aiohttp's ``trust_env=True`` does the same lookup in a worker thread on every request (a thread hop,
+        the environment and ``~/.netrc`` read each time); the upstream URLs are few and fixed at start-up.
+        """
+        found = self._proxies.get(url)
+        if found is None:
+            found = {}
+            try:
+                proxy, auth = get_env_proxy_for_url(URL(url))
+            except LookupError:
+                pass
+            else:
+                found["proxy"] = proxy
+                if auth is not None:
+                    found["proxy_headers"] = {"Proxy-Authorization": auth.encode()}
+            self._proxies[url] = found
+        return found
 
     async def send(self, request: SignedRequest) -> UpstreamResponse:
         """Send and read the whole answer (up to ``max_response_bytes``).
@@ -210,6 +236,7 @@ class AiohttpUpstream:
             headers=list(request.headers),
             data=request.body,
             allow_redirects=False,
+            **self._proxy_args(request.url),  # type: ignore[arg-type]
         ) as resp:
             check_status(resp.status)
             declared = resp.content_length
@@ -248,6 +275,7 @@ class AiohttpUpstream:
                 headers=list(request.headers),
                 data=request.body,
                 allow_redirects=False,
+                **self._proxy_args(request.url),  # type: ignore[arg-type]
             )
         try:
             check_status(resp.status)
