@@ -71,6 +71,15 @@ def check_config(argv: Sequence[str]) -> int:
     return 0
 
 
+def event_loop_runner() -> asyncio.Runner:
+    """An asyncio runner on uvloop when it is installed (the ``fast`` extra), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
 def run(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     from . import logs
@@ -86,7 +95,8 @@ def run(argv: Sequence[str]) -> int:
     from .app import ListenError
 
     try:
-        asyncio.run(serve(cfg, app=app))
+        with event_loop_runner() as runner:
+            runner.run(serve(cfg, app=app))
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     except ListenError as exc:

@@ -371,6 +371,7 @@ async def serve(
                 "admin_port": admin_port,
                 "loopback_only": is_loopback(cfg.listen.host),
                 "version": __version__,
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             },
         )
         if ready is not None:
