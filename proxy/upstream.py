@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from . import errors
+from . import errors, h1
 from .models import SignedRequest, UpstreamResponse
 
 CHUNK_BYTES = 64 * 1024
@@ -175,11 +175,22 @@ class AiohttpUpstream:
         self._session: aiohttp.ClientSession | None = None
         self._max_response_bytes = max_response_bytes
         self._proxies: dict[str, dict[str, object]] = {}
+        self._pool: h1.Pool | None = None
+        self._origins: dict[str, tuple[str, int, str] | None] = {}
 
     async def start(self) -> None:
-        """Open the pooled ClientSession (inside the running loop)."""
+        """Open the pooled ClientSession and the lean client's pool (inside the running loop)."""
+        context = ssl_context(self._ca_bundle)
+        self._pool = h1.Pool(
+            ssl_context=context,
+            resolver=self._resolver,
+            connect_timeout=self._timeout.sock_connect or 0,
+            read_timeout=self._timeout.sock_read or 0,
+            limit=self._pool_size,
+        )
+        self._origins.clear()
         connector = aiohttp.TCPConnector(
-            ssl=ssl_context(self._ca_bundle),
+            ssl=context,
             limit=self._pool_size,
             resolver=self._resolver,
             ttl_dns_cache=60,
@@ -226,6 +237,9 @@ class AiohttpUpstream:
         """
         assert self._session is not None, "start() first"
         with upstream_errors():
+            origin = self._origin(request.url)
+            if origin is not None:
+                return await self._send_lean(origin, request)
             return await self._exchange(self._session, request)
 
     async def _exchange(self, session: aiohttp.ClientSession, request: SignedRequest) -> UpstreamResponse:
@@ -261,6 +275,45 @@ class AiohttpUpstream:
             kept = tuple((k, v) for k, v in headers if k.lower() not in _DECODED_AWAY)
             return UpstreamResponse(resp.status, kept, decoded)
 
+    def _origin(self, url: str) -> tuple[str, int, str] | None:
+        """``(host, port, request target)`` when ``url`` goes through the lean client (:mod:`proxy.h1`):
+        HTTPS without an outbound HTTP proxy. None: aiohttp's client sends it."""
+        if url in self._origins:
+            return self._origins[url]
+        origin: tuple[str, int, str] | None = None
+        parsed = URL(url)
+        if parsed.scheme == "https" and parsed.host and not self._proxy_args(url):
+            origin = (parsed.host, parsed.port or 443, parsed.raw_path_qs)
+        self._origins[url] = origin
+        return origin
+
+    async def _send_lean(self, origin: tuple[str, int, str], request: SignedRequest) -> UpstreamResponse:
+        assert self._pool is not None
+        host, port, target = origin
+        limit = self._max_response_bytes
+        try:
+            answer = await self._pool.request(
+                host=host,
+                port=port,
+                target=target,
+                method=request.method,
+                headers=(*request.headers, ("User-Agent", self._user_agent), ("Accept-Encoding", "identity")),
+                body=request.body,
+                max_bytes=limit,
+            )
+        except h1.TooLarge as exc:
+            if exc.declared is not None:
+                raise errors.ResponseTooLarge(
+                    f"the upstream answer ({exc.declared} bytes) is over limits.max_response_bytes ({limit})"
+                ) from None
+            raise errors.ResponseTooLarge(f"the upstream answer is over limits.max_response_bytes ({limit})") from None
+        encoding = next((v for k, v in answer.headers if k.lower() == "content-encoding"), None)
+        if encoding is None:
+            return UpstreamResponse(answer.status, answer.headers, answer.body)
+        decoded = decode_body(encoding, answer.body, limit)
+        kept = tuple((k, v) for k, v in answer.headers if k.lower() not in _DECODED_AWAY)
+        return UpstreamResponse(answer.status, kept, decoded)
+
     async def open(self, request: SignedRequest) -> UpstreamStream:
         """Send and return once the status line and headers are in; the body stays on the wire.
 
@@ -285,6 +338,9 @@ class AiohttpUpstream:
         return _AiohttpStream(resp)
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
