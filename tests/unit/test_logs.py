@@ -6,6 +6,8 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.logs import DropLibraryDebug, JSONFormatter, scrub
 
@@ -49,3 +51,23 @@ def test_library_debug_is_dropped_whatever_the_logger_level() -> None:
         assert not keep.filter(logging.LogRecord(name, logging.DEBUG, __file__, 1, "m", None, None))
         assert keep.filter(logging.LogRecord(name, logging.INFO, __file__, 1, "m", None, None))
     assert keep.filter(logging.LogRecord("proxy", logging.DEBUG, __file__, 1, "m", None, None))
+
+
+_FRAGMENTS = [
+    "Signature=", "X-Amz-Signature=", "x-amz-security-token", "X-Amz-Security-Token", "SecurityToken=", "<SecretString>",
+    "<SecretAccessKey>", "<SessionToken>", "<SecretBinary>", "SecretAccessKey", "SessionToken", "SecretString",
+    "SecretBinary", "secret_key", "token", "Token", "aws_secret_access_key", "aws_session_token", "Authorization",
+    "authorization", ":", "=", '"', "'", " ", "  ", "AKIA", "ASIA", "ABCDEFGHIJKL1234", "IOSFODNN7EXAMPLE", "abc123",
+    "deadbeef", "&", ",", "}", "{", "\n", "GetSecretValue", "bench/secret", "-", "/",
+]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=12), st.booleans())
+def test_the_quick_test_never_skips_what_a_pattern_would_redact(parts: list[str], upper: bool) -> None:
+    """scrub() skips the eight patterns when its quick test finds nothing: that must never change a line."""
+    from proxy.logs import scrub_all
+
+    text = "".join(parts)
+    text = text.upper() if upper else text
+    assert scrub(text) == scrub_all(text)
