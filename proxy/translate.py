@@ -38,6 +38,7 @@ from botocore.utils import parse_timestamp
 
 from . import errors
 from .models import Operation, UpstreamResponse
+from .render import Fallback, Plan
 
 # ---------------------------------------------------------------------------------------------------------
 # awsQuery parameters -> typed input
@@ -292,6 +293,8 @@ def _show(value: str) -> str:
 # XML 1.0 cannot carry C0 controls other than TAB, LF, CR, nor lone surrogates, U+FFFE and U+FFFF.
 UNREPRESENTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#xD;"})
+# Either of the above: text with neither is returned as it is after one search (most text).
+_SPECIAL = re.compile("[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff&<>]")
 
 
 def xml_text(value: str, where: str) -> str:
@@ -299,6 +302,8 @@ def xml_text(value: str, where: str) -> str:
 
     Raises UnrepresentableValue when the text holds a character XML 1.0 cannot carry.
     """
+    if _SPECIAL.search(value) is None:
+        return value
     if UNREPRESENTABLE.search(value):
         raise errors.UnrepresentableValue(
             f"{where} holds a control character that XML 1.0 cannot carry; read it with an SDK (JSON 1.1)"
@@ -423,6 +428,7 @@ class Translator:
         self._operations: dict[str, OperationModel] = {
             name: service_model.operation_model(name) for name in service_model.operation_names
         }
+        self._plans: dict[str, Plan | None] = {}  # prepared renderers, compiled on first use (proxy.render)
 
     @cached_property
     def operation_names(self) -> frozenset[str]:
@@ -477,6 +483,33 @@ class Translator:
         stripped = response.body.strip()
         if stripped and not (stripped.startswith(b"{") and stripped.endswith(b"}")):
             raise errors.BadGateway(f"the upstream answered {operation_name} with a body that is not JSON 1.1")
+        if operation_name not in self._plans:
+            self._plans[operation_name] = Plan.compile(op)
+        plan = self._plans[operation_name]
+        if plan is not None:
+            try:
+                pieces = plan.render(response.body, keep, xml_text)
+            except Fallback:
+                pass
+            else:
+                return self._document(operation_name, pieces, request_id)
+        return self.render_result_generic(operation_name, response, request_id, keep)
+
+    def render_result_generic(
+        self,
+        operation_name: str,
+        response: UpstreamResponse,
+        request_id: str,
+        keep: Callable[[str], bool] | None = None,
+    ) -> bytes:
+        """:meth:`render_result` through botocore's ``JSONParser`` and the generic walk of the output shape:
+        every answer the prepared renderer (:mod:`proxy.render`) is not sure of, and its oracle in tests."""
+        op = self._operations[operation_name]
+        shape = op.output_shape
+        parsed: dict[str, Any] = {}
+        stripped = response.body.strip()
+        if stripped and not (stripped.startswith(b"{") and stripped.endswith(b"}")):
+            raise errors.BadGateway(f"the upstream answered {operation_name} with a body that is not JSON 1.1")
         if shape is not None:
             try:
                 parsed = self._parser.parse(
@@ -493,10 +526,14 @@ class Translator:
                 ) from None
             if keep is not None:
                 parsed = visible_output(shape, parsed, keep)
-        out = [f'<{operation_name}Response xmlns="{self.xmlns}"><{operation_name}Result>']
+        out: list[str] = []
         if shape is not None:
             assert isinstance(shape, StructureShape)
             _render_members(shape, parsed, out)
+        return self._document(operation_name, out, request_id)
+
+    def _document(self, operation_name: str, members: list[str], request_id: str) -> bytes:
+        out = [f'<{operation_name}Response xmlns="{self.xmlns}"><{operation_name}Result>', *members]
         out.append(
             f"</{operation_name}Result><ResponseMetadata><RequestId>{xml_text(request_id, 'RequestId')}"
             f"</RequestId></ResponseMetadata></{operation_name}Response>"

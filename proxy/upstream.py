@@ -148,6 +148,12 @@ def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     return ctx
 
 
+def host_header(host: str, port: int) -> str:
+    """The Host header for an HTTPS origin: ``host`` alone on 443, else ``host:port`` (IPv6 in brackets)."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == 443 else f"{name}:{port}"
+
+
 class AiohttpUpstream:
     """Sends signed requests over one pooled aiohttp ClientSession.
 
@@ -291,13 +297,16 @@ class AiohttpUpstream:
         assert self._pool is not None
         host, port, target = origin
         limit = self._max_response_bytes
+        headers = request.headers
+        if not headers or headers[0][0] != "Host" and not any(k.lower() == "host" for k, _ in headers):
+            headers = (("Host", host_header(host, port)), *headers)  # as aiohttp adds it
         try:
             answer = await self._pool.request(
                 host=host,
                 port=port,
                 target=target,
                 method=request.method,
-                headers=(*request.headers, ("User-Agent", self._user_agent), ("Accept-Encoding", "identity")),
+                headers=(*headers, ("User-Agent", self._user_agent), ("Accept-Encoding", "identity")),
                 body=request.body,
                 max_bytes=limit,
             )
