@@ -478,8 +478,6 @@ class Translator:
         the answer is about a secret ``keep`` refuses.
         """
         op = self._operations[operation_name]
-        shape = op.output_shape
-        parsed: dict[str, Any] = {}
         stripped = response.body.strip()
         if stripped and not (stripped.startswith(b"{") and stripped.endswith(b"}")):
             raise errors.BadGateway(f"the upstream answered {operation_name} with a body that is not JSON 1.1")

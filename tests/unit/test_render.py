@@ -82,8 +82,8 @@ def test_prepared_renderer_is_the_generic_path(operation: str, data: st.DataObje
 def test_odd_bodies_render_as_the_generic_path_does(body: bytes) -> None:
     response = UpstreamResponse(200, (), body)
     for keep in (None, lambda v: v == "a"):
-        expected = outcome(lambda: TRANSLATOR.render_result_generic("GetSecretValue", response, "r", keep=keep))
-        assert outcome(lambda: TRANSLATOR.render_result("GetSecretValue", response, "r", keep=keep)) == expected
+        expected = outcome(lambda k=keep: TRANSLATOR.render_result_generic("GetSecretValue", response, "r", keep=k))
+        assert outcome(lambda k=keep: TRANSLATOR.render_result("GetSecretValue", response, "r", keep=k)) == expected
 
 
 def test_every_secrets_manager_operation_has_a_prepared_renderer() -> None:
