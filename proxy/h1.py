@@ -206,7 +206,7 @@ class _Connection(asyncio.Protocol):
     def _read_chunks(self) -> None:
         buffer = self.buffer
         while True:
-            if self._chunk_left < 0:
+            if self._chunk_left == -1:
                 end = buffer.find(b"\r\n")
                 if end < 0:
                     return

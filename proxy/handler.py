@@ -93,8 +93,9 @@ async def send_upstream(
         )
     finally:
         ctx.attempts = record.attempts
-        service.metrics.upstream_attempts.labels(action=operation.name).observe(record.attempts)
-        service.metrics.upstream_duration.labels(action=operation.name).observe(record.upstream_seconds)
+        metrics = service.metrics
+        metrics.child(metrics.upstream_attempts, operation.name).observe(record.attempts)
+        metrics.child(metrics.upstream_duration, operation.name).observe(record.upstream_seconds)
     ctx.upstream_status = response.status
     upstream_id = response.header("x-amzn-RequestId")
     if upstream_id and REQUEST_ID.fullmatch(upstream_id):

@@ -120,6 +120,13 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(_scrubbed(line), default=lambda value: scrub(str(value)), ensure_ascii=False)
 
 
+def emit(logger: logging.Logger, level: int, message: str, extra: dict[str, Any]) -> None:
+    """``logger.log(level, message, extra=extra)`` without looking up the caller's file and line (the JSON
+    lines never show them; the lookup walks the stack on every access line)."""
+    if logger.isEnabledFor(level):
+        logger.handle(logger.makeRecord(logger.name, level, "", 0, message, (), None, extra=extra))
+
+
 class DropLibraryDebug(logging.Filter):
     """Drop botocore/urllib3 records below INFO, whatever level their loggers are set to."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+M = TypeVar("M", Counter, Histogram, Gauge)
 
 PREFIX = "query_signing_proxy"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -24,6 +27,16 @@ class Metrics:
     cache_misses: Counter
     cache_evictions: Counter
     cache_entries: Gauge
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, looked up once per label set (prometheus-client validates the values
+        and takes a lock on every ``labels()`` call; the proxy's label sets are few: actions x codes)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     @classmethod
     def create(cls) -> Metrics:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import errors
+from . import errors, logs
 from .metrics import Metrics
 from .parse import is_sdk_request
 from .translate import UNREPRESENTABLE
@@ -36,9 +36,12 @@ _MESSAGE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": 
 
 @dataclass
 class RequestContext:
-    """What the access line and metrics report about one request; filled in as the pipeline runs."""
+    """What the access line and metrics report about one request; filled in as the pipeline runs.
 
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    ``request_id`` is the upstream's once it answered, else a UUID the proxy makes when it is first read
+    (most answers carry the upstream's, so most requests never make one)."""
+
+    _request_id: str | None = field(default=None, repr=False)
     action: str | None = None
     secret_ids: tuple[str, ...] = ()
     upstream_status: int | None = None
@@ -47,6 +50,16 @@ class RequestContext:
     # Set when a streamed answer ended early: 499 (the client went away) or 502 (the upstream failed).
     stream_status: int | None = None
     stream_code: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            self._request_id = str(uuid.uuid4())
+        return self._request_id
+
+    @request_id.setter
+    def request_id(self, value: str) -> None:
+        self._request_id = value
 
 
 CONTEXT = web.RequestKey("query_context", RequestContext)
@@ -143,11 +156,13 @@ def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
         finally:
             elapsed = time.perf_counter() - started
             action = ctx.action or "-"
-            metrics.requests.labels(action=action, code=code).inc()
-            metrics.request_duration.labels(action=action).observe(elapsed)
-            access_log.info(
+            metrics.child(metrics.requests, action, code).inc()
+            metrics.child(metrics.request_duration, action).observe(elapsed)
+            logs.emit(
+                access_log,
+                logging.INFO,
                 "request",
-                extra={
+                {
                     "request_id": ctx.request_id,
                     "action": ctx.action,
                     "secret_id": _secret_field(ctx.secret_ids),
