@@ -138,6 +138,8 @@ class Proxy:
             "upstream": {"service": "secretsmanager", **upstream},
             "routes": [{"port": 0, "upstream": {"service": "sts", **upstream}}],
         }
+        if workers > 1:
+            config["admin"] = {"host": "127.0.0.1", "port": 0}  # --workers: each worker's own admin port
         self.config_file = workdir / "proxy.yaml"
         self.config_file.write_text(json.dumps(config))  # JSON is YAML
         self.log_file = workdir / "proxy.log"
@@ -230,10 +232,19 @@ def query_post(port: int, query: str, connections: int, seconds: float) -> Load:
 def measure(
     load: Load, tool: str, upstream: UpstreamProcess, pids: list[int]
 ) -> tuple[Result, float | None, float | None]:
-    """One run: the load generator's result, CPU µs per request of ``pids``, upstream accepts per 1,000."""
-    cpu0, accepts0, requests0 = procs.cpu_seconds(pids), upstream.count(ACCEPTS), upstream.count(REQUESTS)
+    """One run: the load generator's result, CPU µs per request of ``pids``, and the upstream connections
+    opened (TLS accepts) per 1,000 upstream requests from 1 s into the run to its end. The first second is
+    left out of that count: when a run ends, the load generator closes its connections with requests in
+    flight, the proxy closes those upstream connections (a cancelled request's connection is never reused),
+    and the next run opens them again."""
+    cpu0 = procs.cpu_seconds(pids)
+    counted: list[int] = []
+    timer = threading.Timer(1.0, lambda: counted.extend((upstream.count(ACCEPTS), upstream.count(REQUESTS))))
+    timer.start()
     result = run(load, tool)
+    timer.cancel()
     cpu = procs.cpu_seconds(pids) - cpu0
+    accepts0, requests0 = counted or (upstream.count(ACCEPTS), upstream.count(REQUESTS))
     accepts, requests = upstream.count(ACCEPTS) - accepts0, upstream.count(REQUESTS) - requests0
     cpu_us = cpu / result.requests * 1e6 if result.requests else None
     per_1k = accepts / requests * 1000 if requests else None
@@ -408,7 +419,7 @@ def _ratio(value: float | None, base: float | None) -> str:
 def table(direct: dict[tuple[str, int], Row], proxied: list[Row]) -> str:
     lines = [
         "| load | conns | req/s | × direct | p50 ms | × direct | p99 ms | × direct | CPU µs/req | × direct | "
-        "upstream conns /1k req |",
+        "upstream conns /1k req (after 1 s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in direct.values():

@@ -1,6 +1,6 @@
 """Command line (SPEC section 2); no logic beyond argument handling.
 
-    query-signing-proxy [--config PATH] [--listen HOST:PORT] [--log-level LEVEL]
+    query-signing-proxy [--config PATH] [--listen HOST:PORT] [--log-level LEVEL] [--workers N]
     query-signing-proxy check-config PATH
     query-signing-proxy local [--listen HOST:PORT] [--log-level LEVEL]
     query-signing-proxy --version
@@ -14,9 +14,15 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, ConfigError, dump_effective, load_config
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .app import Worker
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -34,8 +40,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"query-signing-proxy {__version__}")
     parser.add_argument("--config", metavar="PATH", help="YAML configuration file (SPEC section 3)")
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="processes sharing the listening ports (SO_REUSEPORT), one per core to use; needs admin.host "
+        "(worker i serves the admin endpoints on admin.port + i). Default: 1",
+    )
     _common(parser)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
 
 
 def load(path: str | None, listen: str | None = None) -> Config:
@@ -87,16 +111,33 @@ def run(argv: Sequence[str]) -> int:
     logs.setup(args.log_level)
     try:
         cfg = load(args.config, args.listen)
-        from .app import create_app, serve
+        from .app import create_app
 
         app = create_app(cfg)
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
+    if args.workers == 1:
+        return serve_one(cfg, app)
     from .app import ListenError
+    from .workers import run_workers
+
+    del app  # each worker builds its own, after the fork
+    try:
+        return run_workers(cfg, args.workers, lambda cfg, worker: serve_one(cfg, None, worker))
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}")
+    except ListenError as exc:
+        return _fail(str(exc), 1)
+
+
+def serve_one(cfg: Config, app: web.Application | None, worker: Worker | None = None) -> int:
+    """Serve ``cfg`` in this process until SIGTERM (``app``: built already, or None to build it here)."""
+    from .app import ListenError, create_app, serve
 
     try:
+        app = app if app is not None else create_app(cfg)
         with event_loop_runner() as runner:
-            runner.run(serve(cfg, app=app))
+            runner.run(serve(cfg, app=app, worker=worker))
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     except ListenError as exc:

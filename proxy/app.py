@@ -293,27 +293,52 @@ def _server_ssl(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-async def start_sites(runner: web.AppRunner, hosts: list[str], port: int, ssl_context: ssl.SSLContext | None) -> int:
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not listening yet); ``reuse_port`` sets SO_REUSEPORT, so that the
+    workers of ``--workers`` share the port and the kernel spreads connections over them.
+
+    Raises ListenError naming ``host:port`` when the address cannot be bound (in use, not on this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        raise ListenError(f"cannot listen on {shown}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def start_sites(
+    runner: web.AppRunner,
+    hosts: list[str],
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    reuse_port: bool = False,
+) -> int:
     """Start a TCPSite per host; returns the bound port (the first site's when ``port`` is 0).
 
     Raises ListenError naming ``host:port`` when an address cannot be bound (in use, not on this machine)."""
     bound = port
     for host in hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, bound))
-        except OSError as exc:
-            sock.close()
-            shown = f"[{host}]" if family == socket.AF_INET6 else host
-            raise ListenError(f"cannot listen on {shown}:{bound}: {exc.strerror or exc}") from None
+        sock = bind_socket(host, bound, reuse_port)
         bound = sock.getsockname()[1]
         site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
     return bound
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """One process of ``--workers N`` (:mod:`proxy.workers`): ``index`` 0 .. ``count - 1``."""
+
+    index: int
+    count: int
 
 
 async def serve(
@@ -322,12 +347,15 @@ async def serve(
     ready: Callable[[int, int | None], None] | None = None,
     stop: asyncio.Event | None = None,
     app: web.Application | None = None,
+    worker: Worker | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``), then drain (SPEC section 2).
 
     ``ready(port, admin_port)`` is called once the listeners are bound. On the signal ``/readyz`` turns 503 at
     once, requests are still accepted for ``shutdown_delay_seconds``, then the listeners close and in-flight
-    requests finish within ``shutdown_grace_seconds``.
+    requests finish within ``shutdown_grace_seconds``. As one of ``--workers`` (``worker``), the Query
+    listeners share their ports with the other workers (SO_REUSEPORT) and the admin listener is this worker's
+    own, on ``admin.port + worker.index`` (any free port when ``admin.port`` is 0).
     """
     log.debug("effective configuration", extra={"config": redacted(cfg)})
     if cfg.upstream.allow_insecure_http:
@@ -345,23 +373,28 @@ async def serve(
     route_runners: list[web.AppRunner] = []
     try:
         server_ssl = _server_ssl(cfg)
-        port = await start_sites(runner, _listen_hosts(cfg.listen.host), cfg.listen.port, server_ssl)
+        shared_port = worker is not None
+        port = await start_sites(runner, _listen_hosts(cfg.listen.host), cfg.listen.port, server_ssl, shared_port)
         for route in app[ROUTES]:
             route_runner = web.AppRunner(
                 route.app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False
             )
             await route_runner.setup()
             route_runners.append(route_runner)
-            route.port = await start_sites(route_runner, _listen_hosts(cfg.listen.host), route.route.port, server_ssl)
+            route.port = await start_sites(
+                route_runner, _listen_hosts(cfg.listen.host), route.route.port, server_ssl, shared_port
+            )
             log.info(
                 "listening",
-                extra={"route": route.index, "service": route.route.upstream.service, "port": route.port},
+                extra={"route": route.index, "service": route.route.upstream.service, "port": route.port}
+                | ({"worker": worker.index} if worker is not None else {}),
             )
         admin_port = None
         if cfg.admin.host is not None:
             admin_runner = web.AppRunner(create_admin_app(shared), access_log=None, handle_signals=False)
             await admin_runner.setup()
-            admin_port = await start_sites(admin_runner, _listen_hosts(cfg.admin.host), cfg.admin.port, None)
+            own_port = cfg.admin.port + worker.index if worker is not None and cfg.admin.port else cfg.admin.port
+            admin_port = await start_sites(admin_runner, _listen_hosts(cfg.admin.host), own_port, None)
         log.info(
             "listening",
             extra={
@@ -372,7 +405,8 @@ async def serve(
                 "loopback_only": is_loopback(cfg.listen.host),
                 "version": __version__,
                 "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
-            },
+            }
+            | ({"worker": worker.index, "workers": worker.count, "pid": os.getpid()} if worker is not None else {}),
         )
         if ready is not None:
             ready(port, admin_port)

@@ -1,0 +1,119 @@
+"""``--workers N``: N processes serving the same ports, for more than one core (SPEC section 2).
+
+One Python process answers on one core. With ``--workers N`` the parent loads and checks the configuration,
+reserves the Query ports (a port 0 becomes a concrete free port, so that every worker binds the same one),
+then forks N workers. Each worker builds its own application (its own upstream connections, credentials and
+metrics) and serves with SO_REUSEPORT on the shared ports: the kernel spreads new connections over the
+workers. Each worker's admin listener is its own, on ``admin.port + index`` (so Prometheus scrapes every
+worker as its own target, and the kubelet probes worker 0 on ``admin.port``); ``admin.host`` is therefore
+required, since admin endpoints on the shared Query port would answer for a random worker.
+
+The parent forwards SIGTERM/SIGINT to the workers, which drain as one process does, and exits 0 once all
+exited 0. A worker that exits on its own (a crash, an error at start-up) stops the others, and the parent
+exits with that worker's code, so that the container is restarted rather than left serving on fewer cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from types import FrameType
+
+from .app import Worker, bind_socket
+from .config import Config, ConfigError
+
+
+def _listen_hosts(host: str) -> list[str]:
+    return ["127.0.0.1", "::1"] if host.lower() == "localhost" else [host]
+
+
+def reserve_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
+    """Bind (without listening) SO_REUSEPORT sockets on ``host``'s addresses, so that the port stays ours
+    while the workers bind it too; returns the port (a free one when ``port`` is 0) and the sockets."""
+    held: list[socket.socket] = []
+    for address in _listen_hosts(host):
+        sock = bind_socket(address, port, reuse_port=True)
+        port = sock.getsockname()[1]
+        held.append(sock)
+    return port, held
+
+
+def check(cfg: Config, count: int) -> None:
+    """Raise ConfigError when ``--workers count`` cannot serve ``cfg``."""
+    if count > 1 and cfg.admin.host is None:
+        raise ConfigError(
+            "--workers: set admin.host (each worker serves /healthz, /readyz and /metrics on its own admin port, "
+            "admin.port + worker index)"
+        )
+
+
+def run_workers(cfg: Config, count: int, run_one: Callable[[Config, Worker], int]) -> int:
+    """Fork ``count`` workers running ``run_one(cfg, worker)`` (its return value is the worker's exit code)
+    and supervise them. Returns the exit code: 0 after a clean shutdown, else the first failed worker's."""
+    check(cfg, count)
+    held: list[socket.socket] = []
+    port, sockets = reserve_port(cfg.listen.host, cfg.listen.port)
+    held += sockets
+    routes = []
+    for route in cfg.routes:
+        route_port, sockets = reserve_port(cfg.listen.host, route.port)
+        held += sockets
+        routes.append(replace(route, port=route_port))
+    cfg = replace(cfg, listen=replace(cfg.listen, port=port), routes=tuple(routes))
+
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:  # the worker
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                for sock in held:
+                    sock.close()
+                code = 1
+                try:
+                    code = run_one(cfg, Worker(index, count))
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            children[pid] = index
+        result = 0
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            children.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0 and result == 0:
+                result = code if code > 0 else 1
+            if not stopping:  # a worker ended on its own: stop the others, exit with its code
+                result = result or 1
+                forward(signal.SIGTERM, None)
+        return result
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sock in held:
+            sock.close()

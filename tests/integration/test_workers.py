@@ -1,0 +1,103 @@
+"""``--workers N`` (SPEC section 2): the real CLI in a child process; N workers share the Query port
+(SO_REUSEPORT), each with its own admin port, stop together on SIGTERM, and one that dies stops the rest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.faults import ok, poll, proxy_environ
+from tests.process import ProxyProcess
+from tests.support import raw_request
+
+GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
+
+
+def config_file(tmp_path: Path, url: str, ca_file: str, **extra: Any) -> str:
+    data: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "upstream": {"region": "us-east-1", "endpoint_url": url, "ca_bundle": ca_file},
+    }
+    data.update(extra)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def listening(proxy: ProxyProcess) -> list[dict[str, Any]]:
+    return [line for line in proxy.lines() if line.get("message") == "listening" and "route" not in line]
+
+
+def requests_counted(admin_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("query_signing_proxy_requests_total{")
+    )
+
+
+def test_workers_share_the_port_each_with_its_own_admin_port(start_fault, certs, tmp_path):
+    fault = start_fault(ok())
+    path = config_file(tmp_path, fault.url, certs.ca_file)
+    with ProxyProcess(["--config", path, "--workers", "2"], tmp_path, proxy_environ()) as proxy:
+        lines = poll(lambda: len(listening(proxy)) == 2 and listening(proxy), 30, "two workers to listen")
+        assert sorted(line["worker"] for line in lines) == [0, 1]
+        assert len({line["port"] for line in lines}) == 1  # one Query port
+        assert len({line["pid"] for line in lines}) == 2 and proxy.process is not None
+        assert all(line["pid"] != proxy.process.pid for line in lines)  # the parent only supervises
+        port, admin_ports = lines[0]["port"], [line["admin_port"] for line in lines]
+        assert len(set(admin_ports)) == 2
+        for admin_port in admin_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=5) as resp:
+                assert resp.status == 200
+        statuses = [raw_request(port, "GET", GET, timeout=10).status for _ in range(40)]  # 40 connections
+        assert statuses == [200] * 40
+        per_worker = [requests_counted(p) for p in admin_ports]
+        assert sum(per_worker) == 40 and all(n > 0 for n in per_worker)  # the kernel spread them
+        assert proxy.stop() == 0
+        for line in lines:
+            poll(lambda pid=line["pid"]: not Path(f"/proc/{pid}").exists(), 10, "the workers to exit")
+
+
+def test_a_worker_that_dies_stops_the_others(start_fault, certs, tmp_path):
+    fault = start_fault(ok())
+    path = config_file(tmp_path, fault.url, certs.ca_file)
+    with ProxyProcess(["--config", path, "--workers", "2"], tmp_path, proxy_environ()) as proxy:
+        lines = poll(lambda: len(listening(proxy)) == 2 and listening(proxy), 30, "two workers to listen")
+        survivor, killed = (line["pid"] for line in sorted(lines, key=lambda line: line["worker"]))
+        os.kill(killed, signal.SIGKILL)
+        assert proxy.process is not None
+        assert proxy.process.wait(20) != 0  # not a clean shutdown: the container is restarted
+        poll(lambda: not Path(f"/proc/{survivor}").exists(), 10, "the other worker to exit")
+
+
+def test_workers_need_their_own_admin_ports(start_fault, certs, tmp_path):
+    fault = start_fault(ok())
+    path = config_file(tmp_path, fault.url, certs.ca_file, admin={"host": None, "port": 8978})
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "--config", path, "--workers", "2"],
+        env=proxy_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "admin.host" in done.stderr and "--workers" in done.stderr
+
+
+def test_workers_must_be_a_small_positive_number(tmp_path):
+    for bad in ("0", "-1", "two", "65"):
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "--workers", bad], env=proxy_environ(), capture_output=True, text=True
+        )
+        assert done.returncode == 2 and "--workers" in done.stderr
