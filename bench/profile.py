@@ -19,7 +19,7 @@ from pathlib import Path
 
 # (stage, frame pattern): tried on each frame from the innermost out; for one frame the first match wins.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
-    ("thread pool (trust_env: proxy env, netrc)", re.compile(r"concurrent/futures/thread|netrc|getproxies|to_thread")),
+    ("thread pool (aiohttp trust_env: proxy env, netrc)", re.compile(r"concurrent/futures/thread|netrc|getproxies")),
     ("SigV4 signing", re.compile(r"proxy/(signing|sigv4)\.py|botocore/auth\.py")),
     ("JSON answer -> Query XML", re.compile(r"render_result|botocore/parsers\.py|proxy/render\.py")),
     ("typed input -> JSON 1.1 request", re.compile(r"json_request|botocore/serialize\.py|query_form")),
@@ -37,12 +37,16 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+# A thread parked on its work queue (asyncio.to_thread's pool, idle): py-spy cannot always tell it is idle.
+IDLE = ("_worker (concurrent/futures/thread.py:81)",)
+
+
 def read_stacks(directory: Path) -> collections.Counter[str]:
     stacks: collections.Counter[str] = collections.Counter()
     for path in sorted(directory.glob("*.txt")):
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            if stack and count.isdigit():
+            if stack and count.isdigit() and not stack.endswith(IDLE):
                 stacks[stack] += int(count)
     return stacks
 

@@ -306,7 +306,18 @@ def _read_answer(sock: socket.socket) -> tuple[int, int]:
 
 
 def parallel_big(proxy: Proxy, upstream: UpstreamProcess, count: int = 8) -> dict[str, Any]:
-    """``count`` parallel 10 MiB pass-through answers read as fast as possible: peak RSS growth of the proxy."""
+    """``count`` parallel 10 MiB pass-through answers read as fast as possible: peak RSS growth of the proxy.
+
+    A warm-up of ``count`` parallel 1 MiB answers comes first, so that the growth measured is the answers'
+    size showing (or not), not the first use of ``count`` upstream connections and their buffers."""
+    warm = f"Action=GetAccessKeyInfo&Version=2011-06-15&AccessKeyId=AKIASIZE{MiB:08d}".encode()
+    threads = [
+        threading.Thread(target=lambda: _read_answer(_raw_request(proxy.route_port, warm))) for _ in range(count)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     pids = proxy.pids
     before = {pid: procs.status_kib(pid, "VmRSS") for pid in pids}
     exact = procs.reset_peaks(pids)

@@ -6,7 +6,8 @@ keep-alive requests, because it is the limit the proxy is measured against and m
 * ``X-Amz-Target: secretsmanager.GetSecretValue`` (AWS JSON 1.1): a 1 KiB GetSecretValue answer;
   any other ``secretsmanager.*`` target: ``{}``.
 * a form body ``Action=GetCallerIdentity`` (sts, awsQuery): the small XML answer STS gives;
-* a form body ``Action=GetAccessKeyInfo``: ``big_bytes`` of XML written in 64 KiB pieces with flow control
+* a form body ``Action=GetAccessKeyInfo``: ``big_bytes`` of XML (or N with ``AccessKeyId=AKIASIZE<N>``) written
+  in 64 KiB pieces with flow control
   (``pause_writing``/``resume_writing``), so the upstream never buffers more than the transport's
   high-water mark: what a slow reader makes the proxy hold is the proxy's own doing.
 
@@ -138,9 +139,14 @@ class Upstream(asyncio.Protocol):
             self._write(b"text/xml", CALLER_IDENTITY, request_id)
         elif b"Action=GetAccessKeyInfo" in body:
             assert self.transport is not None
-            total = len(BIG_OPEN) + self.big_bytes + len(BIG_CLOSE)
+            size = self.big_bytes
+            at = body.find(b"AccessKeyId=AKIASIZE")
+            if at >= 0:  # AKIASIZE<digits>: an answer of that many bytes of padding
+                digits = body[at + 20 :].split(b"&", 1)[0]
+                size = int(digits) if digits.isdigit() else size
+            total = len(BIG_OPEN) + size + len(BIG_CLOSE)
             self.transport.write(self._head(b"text/xml", total, request_id) + BIG_OPEN)
-            self.big_left = self.big_bytes
+            self.big_left = size
             self._pump()
         else:
             self._write(b"text/plain", b"unknown request\n", request_id, b"400 Bad Request")

@@ -78,6 +78,10 @@ def _scrubbed(value: Any) -> Any:
     return value
 
 
+# json.dumps(..., default=..., ensure_ascii=False) builds an encoder per call; one is enough.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=lambda value: scrub(str(value)))
+
+
 class _Clock:
     """ISO 8601 UTC with milliseconds (``2024-01-02T03:04:05.678+00:00``), the seconds formatted once a second."""
 
@@ -117,7 +121,7 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__
         # Scrubbed value by value, before encoding: a pattern never cuts through JSON's own quoting.
-        return json.dumps(_scrubbed(line), default=lambda value: scrub(str(value)), ensure_ascii=False)
+        return _ENCODER.encode(_scrubbed(line))
 
 
 def emit(logger: logging.Logger, level: int, message: str, extra: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from . import errors
 from .handler import send_upstream
 from .middleware import RequestContext
 from .models import Operation, SignedRequest, UpstreamResponse
+from .respond import CoalescingResponse
 from .service import Service
 from .translate import upstream_error
 from .upstream import UpstreamStream
@@ -136,7 +137,7 @@ async def stream_answer(request: web.Request, stream: UpstreamStream, ctx: Reque
     Sets ``ctx.stream_status`` when the copy ends early. The upstream connection is closed unless its body
     was read to the end (then it went back to the pool).
     """
-    response = web.StreamResponse(status=stream.status, headers=answer_headers(stream.headers, ctx.request_id))
+    response = CoalescingResponse(status=stream.status, headers=answer_headers(stream.headers, ctx.request_id))
     if stream.content_length is not None:
         response.content_length = stream.content_length
     chunks = stream.chunks()

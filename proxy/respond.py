@@ -19,13 +19,21 @@ from .middleware import XML_TYPE, RequestContext
 WRITE_CHUNK_BYTES = 64 * 1024
 
 
+class CoalescingResponse(web.StreamResponse):
+    """A StreamResponse whose status line and headers go out with the first piece of the body, in one write
+    (as ``web.Response`` does), not in a write of their own: one system call less per answer, which on the
+    development machine is ~35 µs of CPU (bench/README.md). aiohttp's ``_send_headers_immediately`` switch."""
+
+    _send_headers_immediately = False
+
+
 async def send_document(request: web.Request, document: bytes, ctx: RequestContext) -> web.StreamResponse:
     """Write ``document`` (UTF-8 Query XML) as a 200 ``text/xml`` answer with ``x-amzn-RequestId``.
 
     Returns the prepared and finished response. A client that goes away while it is written is recorded
     on ``ctx`` (``stream_status`` 499) instead of raising: there is nobody left to answer.
     """
-    response = web.StreamResponse(status=200, headers={"x-amzn-RequestId": ctx.request_id})
+    response = CoalescingResponse(status=200, headers={"x-amzn-RequestId": ctx.request_id})
     response.content_type = XML_TYPE
     response.content_length = len(document)
     view = memoryview(document)

@@ -29,6 +29,9 @@ from . import errors, h1
 from .models import SignedRequest, UpstreamResponse
 
 CHUNK_BYTES = 64 * 1024
+# aiohttp pauses reading an answer once this much x2 is buffered (its default: 64 KiB): a smaller buffer per
+# streamed answer keeps parallel pass-through answers from showing in RSS (bench/README.md).
+READ_BUFFER_BYTES = 16 * 1024
 
 _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
     # most specific first in the MRO walk of map_exceptions; name resolution and certificate failures are
@@ -205,6 +208,7 @@ class AiohttpUpstream:
             connector=connector,
             timeout=self._timeout,
             auto_decompress=False,
+            read_bufsize=READ_BUFFER_BYTES,
             trust_env=False,  # HTTPS_PROXY / NO_PROXY are read once per URL instead (_proxy_args)
             cookie_jar=aiohttp.DummyCookieJar(),  # AWS APIs set no cookies; botocore keeps none either
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),

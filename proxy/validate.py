@@ -8,6 +8,7 @@ encoding. None of them reads the body; the body's size rule is :func:`proxy.pars
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
     name = host_name(host.strip()).lower().rstrip(".")
     if name == "localhost" or name in allowed:
         return True
+    return _is_loopback_address(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_loopback_address(name: str) -> bool:
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
