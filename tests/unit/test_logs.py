@@ -71,3 +71,55 @@ def test_the_quick_test_never_skips_what_a_pattern_would_redact(parts: list[str]
     text = "".join(parts)
     text = text.upper() if upper else text
     assert scrub(text) == scrub_all(text)
+
+
+async def test_lines_on_the_loop_are_flushed_together_within_the_flush_interval() -> None:
+    """Access lines written on the event loop leave in one write at most FLUSH_SECONDS later; a warning is
+    flushed at once, with what was waiting before it."""
+    import asyncio
+    import io
+
+    from proxy.logs import LinesHandler
+
+    class Counting(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            Counting.flushes += 1
+            super().flush()
+
+    stream = Counting()
+    handler = LinesHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    logger = logging.getLogger("test.lines")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for i in range(20):
+            logger.info("request", extra={"n": i})
+        assert stream.getvalue().count("\n") == 20 and Counting.flushes == 0
+        await asyncio.sleep(LinesHandler.FLUSH_SECONDS * 3)
+        assert Counting.flushes == 1
+        logger.info("one more")
+        logger.warning("now")
+        assert Counting.flushes == 2 and stream.getvalue().splitlines()[-1].find('"now"') > 0
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_lines_off_the_loop_are_flushed_at_once() -> None:
+    import io
+
+    from proxy.logs import LinesHandler
+
+    class Counting(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            Counting.flushes += 1
+
+    handler = LinesHandler(Counting())
+    handler.setFormatter(JSONFormatter())
+    handler.handle(logging.LogRecord("x", logging.INFO, "", 0, "hello", None, None))
+    assert Counting.flushes == 1
