@@ -113,7 +113,8 @@ def run(argv: Sequence[str]) -> int:
         cfg = load(args.config, args.listen)
         from .app import create_app
 
-        app = create_app(cfg)
+        if args.workers == 1:
+            app = create_app(cfg)
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     if args.workers == 1:
@@ -121,9 +122,8 @@ def run(argv: Sequence[str]) -> int:
     from .app import ListenError
     from .workers import run_workers
 
-    del app  # each worker builds its own, after the fork
     try:
-        return run_workers(cfg, args.workers, lambda cfg, worker: serve_one(cfg, None, worker))
+        return run_workers(cfg, args.workers, create_app, serve_one)
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     except ListenError as exc:

@@ -15,6 +15,7 @@ exits with that worker's code, so that the container is restarted rather than le
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
+
+from aiohttp import web
 
 from .app import Worker, bind_socket
 from .config import Config, ConfigError
@@ -51,9 +54,20 @@ def check(cfg: Config, count: int) -> None:
         )
 
 
-def run_workers(cfg: Config, count: int, run_one: Callable[[Config, Worker], int]) -> int:
-    """Fork ``count`` workers running ``run_one(cfg, worker)`` (its return value is the worker's exit code)
-    and supervise them. Returns the exit code: 0 after a clean shutdown, else the first failed worker's."""
+def run_workers(
+    cfg: Config,
+    count: int,
+    build: Callable[[Config], web.Application],
+    run_one: Callable[[Config, web.Application, Worker], int],
+) -> int:
+    """Reserve the ports, ``build(cfg)`` the application once, then fork ``count`` workers running
+    ``run_one(cfg, app, worker)`` (its return value is the worker's exit code) and supervise them.
+
+    The application is built before the fork so that what it holds (botocore's model, the translator's
+    prepared renderers, the compiled policy) is shared by the workers' memory pages rather than loaded N
+    times; everything bound to an event loop (upstream connections, the credential refresher) is opened by
+    each worker in its own loop. Returns the exit code: 0 after a clean shutdown, else the first failed
+    worker's. Raises ConfigError (before any fork) and OSError (a port that cannot be bound)."""
     check(cfg, count)
     held: list[socket.socket] = []
     port, sockets = reserve_port(cfg.listen.host, cfg.listen.port)
@@ -64,6 +78,13 @@ def run_workers(cfg: Config, count: int, run_one: Callable[[Config, Worker], int
         held += sockets
         routes.append(replace(route, port=route_port))
     cfg = replace(cfg, listen=replace(cfg.listen, port=port), routes=tuple(routes))
+    try:
+        app = build(cfg)
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    gc.freeze()  # objects built so far are never scanned again: the collector leaves the shared pages alone
 
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -90,7 +111,7 @@ def run_workers(cfg: Config, count: int, run_one: Callable[[Config, Worker], int
                     sock.close()
                 code = 1
                 try:
-                    code = run_one(cfg, Worker(index, count))
+                    code = run_one(cfg, app, Worker(index, count))
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
