@@ -127,7 +127,7 @@ def ensure_wrk() -> bool:
 class Proxy:
     """``python -m proxy --config FILE`` with static keys; ports from its ``listening`` log lines."""
 
-    def __init__(self, workdir: Path, upstream_port: int, ca_file: str, workers: int) -> None:
+    def __init__(self, workdir: Path, upstream_port: int, ca_file: str, workers: int, root: Path = ROOT) -> None:
         upstream = {
             "region": "us-east-1",
             "endpoint_url": f"https://127.0.0.1:{upstream_port}",
@@ -155,7 +155,8 @@ class Proxy:
         if workers > 1:
             args += ["--workers", str(workers)]
         with open(self.log_file, "wb") as log:
-            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT)
+            # ``python -m proxy`` imports the package in the working directory: ``root`` picks the code measured
+            self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=root)
         self.port, self.route_port = self._wait_listening(60)
 
     def _wait_listening(self, timeout: float) -> tuple[int, int]:
@@ -457,6 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tool", choices=("wrk", "python"), help="load generator (default: wrk when available)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record the proxy during the 64-connection GET run")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    parser.add_argument(
+        "--proxy-root",
+        metavar="DIR",
+        type=Path,
+        default=ROOT,
+        help="measure the proxy package of another checkout (e.g. a worktree of main, for before/after figures)",
+    )
     parser.add_argument("--skip-direct", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -467,7 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     ca_file, cert_file, key_file = make_certs(workdir)
     upstream = UpstreamProcess(cert_file, key_file, BIG_BYTES)
     proxy: Proxy | None = None
-    report: dict[str, Any] = {"machine": info, "tool": tool, "seconds": args.seconds, "repeats": args.repeats}
+    report: dict[str, Any] = {
+        "machine": info,
+        "tool": tool,
+        "seconds": args.seconds,
+        "repeats": args.repeats,
+        "workers": args.workers,
+        "proxy_root": str(args.proxy_root),
+    }
     try:
         print(f"load generator: {tool}; upstream pid {upstream.pid}, port {upstream.port}", file=sys.stderr)
         ceiling = run(query_post(upstream.plain_port, "Action=GetCallerIdentity", 1, min(args.seconds, 5.0)), tool)
@@ -497,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             direct[("identity", row.connections)] = row
         direct_rss = procs.rss_kib(up_pids)
 
-        proxy = Proxy(workdir, upstream.port, ca_file, args.workers)
+        proxy = Proxy(workdir, upstream.port, ca_file, args.workers, args.proxy_root)
         print(f"proxy pids {proxy.pids}, port {proxy.port}, sts route port {proxy.route_port}", file=sys.stderr)
         run(query_get(proxy.port, SECRET_QUERY, 64, 2.0), tool)  # warm-up: imports, first connections
         pids = proxy.pids
