@@ -18,6 +18,7 @@ both on generated answers of every operation of the model.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -196,8 +197,17 @@ class _Compiler:
         return render
 
 
+@functools.lru_cache(maxsize=1024)
+def _epoch_iso(value: float) -> str:
+    """:func:`proxy.translate.iso8601` of epoch seconds, remembered: answers repeat the same few timestamps
+    (a secret version's CreatedDate), and formatting one costs more than the rest of its member."""
+    from .translate import iso8601
+
+    return iso8601(value)
+
+
 def _scalar(shape: Shape) -> Render:
-    from .translate import iso8601, xml_text
+    from .translate import xml_text
 
     kind = shape.type_name
     if kind == "string":
@@ -234,7 +244,7 @@ def _scalar(shape: Shape) -> Render:
             if type(value) is not int and type(value) is not float:
                 raise Fallback  # ISO strings too: the generic path parses those
             try:
-                text = iso8601(value)
+                text = _epoch_iso(value)
             except (ValueError, OverflowError, OSError):
                 raise Fallback from None
             out.append(f"<{name}>{text}</{name}>")
