@@ -103,7 +103,10 @@ def run_wrk(load: Load) -> Result:
     requests, seconds = int(m[1]), float(m[2]) * _UNITS[m[3]]
     pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = 0
-    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+    for pattern in (
+        r"Non-2xx or 3xx responses: (\d+)",
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+    ):
         for found in re.findall(pattern, out):
             errors += sum(int(x) for x in (found if isinstance(found, tuple) else (found,)))
     return Result(requests, seconds, _seconds(pct["50"]), _seconds(pct["99"]), errors, "wrk")

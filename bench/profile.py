@@ -81,7 +81,9 @@ def summary(directory: Path, cpu_us: float | None = None, top: int = 25) -> str:
     lines = ["| stage | share of samples | µs per request |", "|---|---:|---:|"]
     for stage, count in by_stage(stacks).most_common():
         share = count / total
-        lines.append(f"| {stage} | {share:.1%} | {share * cpu_us:.0f} |" if cpu_us else f"| {stage} | {share:.1%} | - |")
+        lines.append(
+            f"| {stage} | {share:.1%} | {share * cpu_us:.0f} |" if cpu_us else f"| {stage} | {share:.1%} | - |"
+        )
     lines += ["", f"Top {top} functions by self time ({total} samples):", ""]
     for frame, count in self_time(stacks).most_common(top):
         lines.append(f"- {count / total:5.1%}  {frame}")

@@ -603,7 +603,9 @@ def print_report(report: dict[str, Any], direct: dict[tuple[str, int], Row], pro
         f"| slow reader (1 MiB/s, {slow['client_read_kib']} KiB read): RSS growth | "
         f"{slow['rss_growth_kib'] / 1024:.2f} MiB | - |"
     )
-    print(f"| slow reader: upstream bytes ahead of the client (proxy + socket buffers) | {slow['upstream_ahead_kib']} KiB | - |")
+    print(
+        f"| slow reader: upstream bytes ahead of the client (proxy + socket buffers) | {slow['upstream_ahead_kib']} KiB | - |"
+    )
     if slow["others_rps"] is not None:
         base = direct[("secret", 16)].rps
         print(

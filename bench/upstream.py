@@ -59,7 +59,9 @@ CALLER_IDENTITY = (
     b"</GetCallerIdentityResponse>"
 )
 BIG_OPEN = b'<GetAccessKeyInfoResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><!--'
-BIG_CLOSE = b"--><GetAccessKeyInfoResult><Account>123456789012</Account></GetAccessKeyInfoResult></GetAccessKeyInfoResponse>"
+BIG_CLOSE = (
+    b"--><GetAccessKeyInfoResult><Account>123456789012</Account></GetAccessKeyInfoResult></GetAccessKeyInfoResponse>"
+)
 PAD = (b"padding " * 8192)[:CHUNK]
 
 
@@ -152,9 +154,12 @@ class Upstream(asyncio.Protocol):
             self._write(b"text/plain", b"unknown request\n", request_id, b"400 Bad Request")
 
     def _head(self, content_type: bytes, length: int, request_id: bytes, status: bytes = b"200 OK") -> bytes:
-        return (
-            b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nx-amzn-RequestId: %s\r\nDate: %s\r\n\r\n"
-            % (status, content_type, length, request_id, self.clock.date())
+        return b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nx-amzn-RequestId: %s\r\nDate: %s\r\n\r\n" % (
+            status,
+            content_type,
+            length,
+            request_id,
+            self.clock.date(),
         )
 
     def _write(self, content_type: bytes, body: bytes, request_id: bytes, status: bytes = b"200 OK") -> None:
@@ -218,7 +223,9 @@ class UpstreamProcess:
         self._port = ctx.RawValue("i", 0)
         self._plain_port = ctx.RawValue("i", 0)
         self.process = ctx.Process(
-            target=serve, args=(self._port, self._plain_port, self.counters, cert_file, key_file, big_bytes), daemon=True
+            target=serve,
+            args=(self._port, self._plain_port, self.counters, cert_file, key_file, big_bytes),
+            daemon=True,
         )
         self.process.start()
         deadline = time.monotonic() + 30

@@ -20,7 +20,8 @@ reused. Failures are raised as the aiohttp exceptions the same failure raises th
 ``ClientPayloadError``), so :mod:`proxy.upstream` maps them to the proxy's errors in one place.
 
 Framing read: ``Content-Length``, ``Transfer-Encoding: chunked`` (trailers skipped), or none (until close);
-``1xx`` interim answers are skipped; 204 and 304 have no body. ``Connection: close`` and HTTP/1.0 answers
+``1xx`` interim answers are skipped; 204 and 304 have no body; an answer that is not 2xx, 4xx or 5xx (101,
+a redirect) is handed on with its head only and its connection closed. ``Connection: close`` and HTTP/1.0 answers
 are not kept alive. Answers over ``max_bytes`` raise :class:`TooLarge` (the connection is closed).
 """
 
@@ -162,7 +163,7 @@ class _Connection(asyncio.Protocol):
             lines = head.split("\r\n")
             version, status_text = lines[0].split(" ", 2)[:2]
             status = int(status_text)
-            if 100 <= status < 200:
+            if 100 <= status < 200 and status != 101:
                 continue  # an interim answer (100 Continue): the real one follows
             headers = []
             length: int | None = None
@@ -182,6 +183,12 @@ class _Connection(asyncio.Protocol):
                 elif lname == "connection":
                     tokens = value.lower()
                     close = "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
+            if not (200 <= status < 300 or 400 <= status < 600):
+                # not a final answer the caller takes (101, 3xx, out of range): handed on at once, without
+                # its body, and the connection is not reused (as aiohttp's client does)
+                self._head = (status, tuple(headers), 0, False, True)
+                self._finish()
+                return
             if status in (204, 304):
                 length, chunked = 0, False
             if chunked:

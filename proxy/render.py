@@ -71,7 +71,7 @@ class Plan:
         """
         try:
             doc = json.loads(body.decode("utf-8")) if body else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's limit
             raise Fallback from None
         if type(doc) is not dict:
             raise Fallback
@@ -259,4 +259,3 @@ def _scalar(shape: Shape) -> Render:
     else:
         raise _Unsupported(kind)
     return render
-

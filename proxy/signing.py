@@ -114,9 +114,7 @@ def sigv4(
     canonical_request = f"{method}\n{uri}\n{query}\n{canonical_headers}\n{signed_headers}\n{payload_hash}"
     date = amz_date[:8]
     scope = f"{date}/{region}/{service}/aws4_request"
-    string_to_sign = (
-        f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-    )
+    string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
     signature = hmac.new(signing_key(secret_key, date, region, service), string_to_sign.encode(), "sha256")
     authorization = (
         f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed_headers}, "

@@ -320,6 +320,7 @@ class AiohttpUpstream:
                     f"the upstream answer ({exc.declared} bytes) is over limits.max_response_bytes ({limit})"
                 ) from None
             raise errors.ResponseTooLarge(f"the upstream answer is over limits.max_response_bytes ({limit})") from None
+        check_status(answer.status)
         encoding = next((v for k, v in answer.headers if k.lower() == "content-encoding"), None)
         if encoding is None:
             return UpstreamResponse(answer.status, answer.headers, answer.body)

@@ -141,7 +141,11 @@ async def test_framing_in_pieces_chunked_interim_and_empty(server: tuple[Server,
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nx-amzn-RequestId: r-1\r\n\r\n" % len(body)
     state.script = [
         answer(head[:5], head[5:20], head[20:], *[bytes([b]) for b in body], pause=0.001),
-        answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"4;ext=1\r\nab", b"cd\r\n3\r\nefg\r\n0\r\nTrailer: x\r\n\r\n"),
+        answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"4;ext=1\r\nab",
+            b"cd\r\n3\r\nefg\r\n0\r\nTrailer: x\r\n\r\n",
+        ),
         answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
         answer(b"HTTP/1.1 204 No Content\r\n\r\n"),
         ok(b"last"),
@@ -177,7 +181,11 @@ async def test_too_large_declared_or_streamed_closes_the_connection(server: tupl
     state, certs = server
     state.script = [
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100),
-        answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"40\r\n" + b"y" * 64 + b"\r\n", b"40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n"),
+        answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"40\r\n" + b"y" * 64 + b"\r\n",
+            b"40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n",
+        ),
         ok(),
     ]
     p = pool(certs)
@@ -313,7 +321,13 @@ async def test_a_header_that_would_split_the_request_is_refused(server: tuple[Se
     p = pool(certs)
     with pytest.raises(ValueError):
         await p.request(
-            host="127.0.0.1", port=state.port, target="/", method="POST", headers=(("X-A", "a\r\nX-B: b"),), body=b"", max_bytes=10
+            host="127.0.0.1",
+            port=state.port,
+            target="/",
+            method="POST",
+            headers=(("X-A", "a\r\nX-B: b"),),
+            body=b"",
+            max_bytes=10,
         )
     assert state.connections == 0
 
@@ -324,3 +338,21 @@ def test_an_unverifiable_context_is_never_used() -> None:
 
     ctx = ssl_context(None)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+async def test_an_answer_that_is_not_final_is_handed_on_without_its_body(server: tuple[Server, Certs]) -> None:
+    """A redirect or a protocol switch is handed on (the transport refuses it) and its connection dropped."""
+    state, certs = server
+    state.script = [
+        answer(b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere/\r\nContent-Length: 999999999\r\n\r\npartial"),
+        answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"),
+        ok(),
+    ]
+    p = pool(certs)
+    moved = await send(p, state.port, max_bytes=10)  # the body's size does not matter: it is not read
+    assert (moved.status, moved.body) == (302, b"") and ("Location", "https://elsewhere/") in moved.headers
+    switched = await send(p, state.port)
+    assert switched.status == 101
+    assert (await send(p, state.port)).status == 200
+    await p.aclose()
+    assert state.connections == 3

@@ -103,7 +103,9 @@ def test_https_proxy_carries_the_upstream_requests(start_fault, start_fault_prox
     assert len(fault.seen) == 3 and fault.seen[0].header("Host") == f"{HOST}:{fault.port}"
 
 
-def test_no_proxy_sends_the_upstream_requests_straight(start_fault, start_fault_proxy, certs, connect_proxy, monkeypatch):
+def test_no_proxy_sends_the_upstream_requests_straight(
+    start_fault, start_fault_proxy, certs, connect_proxy, monkeypatch
+):
     fault = start_fault(ok(), ssl_context=certs.server_context(HOST))
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{connect_proxy.port}")
     monkeypatch.setenv("NO_PROXY", ".upstream.test")

@@ -23,7 +23,9 @@ OPERATIONS = sorted(TRANSLATOR.operation_names)
 NAMES = ["a", "bb", "prod/db", "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"]
 _text = st.one_of(st.sampled_from(NAMES), st.text(max_size=12))
 _json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), _text)
-_anything = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_text, inner, max_size=2), max_leaves=4)
+_anything = st.recursive(
+    _json_scalar, lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_text, inner, max_size=2), max_leaves=4
+)
 
 
 def value_for(shape: Shape, depth: int = 0) -> st.SearchStrategy[Any]:
@@ -77,7 +79,17 @@ def test_prepared_renderer_is_the_generic_path(operation: str, data: st.DataObje
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b" ", b"{}", b"{bad}", b"\xff{}", b'{"ARN": 5}', b'{"VersionStages": "abc"}', b'{"Name": "a\\u0001"}', b"[1]"],
+    [
+        b"",
+        b" ",
+        b"{}",
+        b"{bad}",
+        b"\xff{}",
+        b'{"ARN": 5}',
+        b'{"VersionStages": "abc"}',
+        b'{"Name": "a\\u0001"}',
+        b"[1]",
+    ],
 )
 def test_odd_bodies_render_as_the_generic_path_does(body: bytes) -> None:
     response = UpstreamResponse(200, (), body)

@@ -63,7 +63,9 @@ def _parse(raw: str) -> tuple[str, str, list[tuple[str, str]], bytes]:
     return method, target, headers, body.encode()
 
 
-@pytest.mark.skipif(SUITE is None, reason="the AWS SigV4 test suite (shared/sigv4-testsuite) is not beside the repository")
+@pytest.mark.skipif(
+    SUITE is None, reason="the AWS SigV4 test suite (shared/sigv4-testsuite) is not beside the repository"
+)
 @pytest.mark.parametrize("vector", VECTORS, ids=[p.name for p in VECTORS])
 def test_the_aws_sigv4_test_suite(vector: Path) -> None:
     import hashlib
@@ -135,10 +137,17 @@ def proxy_headers(
     creds: Snapshot,
 ) -> list[tuple[str, str]]:
     monkeypatch.setattr("botocore.auth.get_current_datetime", lambda *a, **k: at)
-    return list(sign(method="POST", endpoint=endpoint, headers=headers, body=body, credentials=creds, path=path).headers)
+    return list(
+        sign(method="POST", endpoint=endpoint, headers=headers, body=body, credentials=creds, path=path).headers
+    )
 
 
-SM = Endpoint("https://secretsmanager.eu-west-1.amazonaws.com", "secretsmanager.eu-west-1.amazonaws.com", "secretsmanager", "eu-west-1")
+SM = Endpoint(
+    "https://secretsmanager.eu-west-1.amazonaws.com",
+    "secretsmanager.eu-west-1.amazonaws.com",
+    "secretsmanager",
+    "eu-west-1",
+)
 LOCAL = Endpoint("https://127.0.0.1:4443", "127.0.0.1:4443", "sts", "us-east-1")
 JSON_HEADERS = {"X-Amz-Target": "secretsmanager.GetSecretValue", "Content-Type": "application/x-amz-json-1.1"}
 AT = datetime.datetime(2024, 2, 29, 23, 59, 59)
@@ -149,9 +158,21 @@ AT = datetime.datetime(2024, 2, 29, 23, 59, 59)
     [
         (SM, "/", JSON_HEADERS, b'{"SecretId": "app/db"}', Snapshot("ASIAEXAMPLE1", "s3cr3t/+=", "token/+=")),
         (SM, "/", JSON_HEADERS, b"", Snapshot("AKIAEXAMPLE2", "secret")),
-        (LOCAL, "/", {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, b"Action=GetCallerIdentity&Version=2011-06-15", Snapshot("AKIA3", "k")),
+        (
+            LOCAL,
+            "/",
+            {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+            b"Action=GetCallerIdentity&Version=2011-06-15",
+            Snapshot("AKIA3", "k"),
+        ),
         # headers botocore never signs are sent unsigned; whitespace is trimmed in the canonical form only
-        (SM, "/", {**JSON_HEADERS, "User-Agent": "app/1.0", "X-Amzn-Trace-Id": "Root=1", "X-Custom": "  a   b  "}, b"{}", Snapshot("AKIA4", "k", "t")),
+        (
+            SM,
+            "/",
+            {**JSON_HEADERS, "User-Agent": "app/1.0", "X-Amzn-Trace-Id": "Root=1", "X-Custom": "  a   b  "},
+            b"{}",
+            Snapshot("AKIA4", "k", "t"),
+        ),
         # paths: dot segments, doubled slashes, characters to encode
         (SM, "/a/./b/../c//d e~$", JSON_HEADERS, b"{}", Snapshot("AKIA5", "k")),
         (SM, "/?b=2&a=1&a=0", JSON_HEADERS, b"{}", Snapshot("AKIA6", "k")),
@@ -160,7 +181,12 @@ AT = datetime.datetime(2024, 2, 29, 23, 59, 59)
     ],
 )
 def test_sign_is_botocore_on_the_same_inputs(
-    monkeypatch: pytest.MonkeyPatch, endpoint: Endpoint, path: str, headers: dict[str, str], body: bytes, creds: Snapshot
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint: Endpoint,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    creds: Snapshot,
 ) -> None:
     expected = botocore_headers(AT, monkeypatch, endpoint, path, headers, body, creds)
     assert proxy_headers(AT, monkeypatch, endpoint, path, headers, body, creds) == expected
@@ -186,7 +212,12 @@ def test_a_date_header_is_refused() -> None:
 
 
 def test_signer_owned_headers_given_by_the_caller_are_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    given_headers = {**JSON_HEADERS, "Authorization": "stale", "X-Amz-Date": "20000101T000000Z", "X-Amz-Security-Token": "old"}
+    given_headers = {
+        **JSON_HEADERS,
+        "Authorization": "stale",
+        "X-Amz-Date": "20000101T000000Z",
+        "X-Amz-Security-Token": "old",
+    }
     creds = Snapshot("ASIA8", "k", "new-token")
     signed = dict(proxy_headers(AT, monkeypatch, SM, "/", given_headers, b"{}", creds))
     assert signed == dict(botocore_headers(AT, monkeypatch, SM, "/", JSON_HEADERS, b"{}", creds))
@@ -220,7 +251,9 @@ def test_sign_is_botocore_for_generated_requests(
     seconds: int,
 ) -> None:
     at = datetime.datetime(2020, 1, 1) + datetime.timedelta(seconds=seconds)
-    endpoint = Endpoint(f"https://{service}.{region}.amazonaws.com", f"{service}.{region}.amazonaws.com", service, region)
+    endpoint = Endpoint(
+        f"https://{service}.{region}.amazonaws.com", f"{service}.{region}.amazonaws.com", service, region
+    )
     # no duplicate names that differ only in case: a dict of headers cannot hold them for botocore either
     unique = {k: v for k, v in headers.items() if sum(1 for n in headers if n.lower() == k.lower()) == 1}
     creds = Snapshot("AKIAGENERATED", secret, token)
