@@ -76,3 +76,10 @@ def reset_peaks(pids: list[int]) -> bool:
 def peak_growth_kib(pids: list[int], before: dict[int, int]) -> int:
     """Summed ``VmHWM - RSS before`` over ``pids`` (``before``: pid -> VmRSS KiB when the peaks were reset)."""
     return sum(max(0, status_kib(pid, "VmHWM") - before[pid]) for pid in pids)
+
+
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat``: time the hypervisor gave to others while this
+    machine wanted to run (a VM shares its host's cores), and all time."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])

@@ -12,7 +12,8 @@ What it does (bench/README.md has the figures and the machine they came from):
 3. starts the proxy as a subprocess (``python -m proxy --config ...``, static keys in the environment, no role;
    a ``routes:`` listener for sts passes awsQuery through) and measures the same loads through it: Query GET
    and form POST GetSecretValue (translated), GetCallerIdentity (passed through); each ``--seconds`` long,
-   ``--repeats`` times, the median kept;
+   ``--repeats`` times, the median kept; direct and proxied runs alternate, so that both come from the same
+   minutes of a machine shared with others;
 4. reads the proxy's CPU time (utime + stime of ``/proc/<pid>/stat``, workers included) per request, its RSS
    after load, the TLS connections the upstream accepted per 1,000 requests at 64 connections, the RSS growth
    of 8 parallel 10 MiB pass-through answers, and what a slow reader makes the proxy hold;
@@ -252,22 +253,6 @@ def measure(
     return result, cpu_us, per_1k
 
 
-def series(
-    name: str, make: Any, tool: str, upstream: UpstreamProcess, pids: list[int], repeats: int, seconds: float
-) -> list[Row]:
-    rows = []
-    for connections in CONNECTIONS:
-        runs = [measure(make(connections, seconds), tool, upstream, pids) for _ in range(repeats)]
-        row = median_row(name, connections, runs)
-        print(
-            f"  {name:<34} c={connections:<3} {row.rps:>8.0f} req/s  p50 {row.p50 * 1e3:6.2f} ms  "
-            f"p99 {row.p99 * 1e3:6.2f} ms  errors {row.errors}",
-            file=sys.stderr,
-        )
-        rows.append(row)
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------------------
 # streaming: 8 parallel 10 MiB answers, and a slow reader
 
@@ -471,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     tool = args.tool or ("wrk" if ensure_wrk() else "python")
     info = machine()
     load_before = os.getloadavg()
+    steal_before = procs.cpu_times()
     workdir = Path(tempfile.mkdtemp(prefix="qsp-bench-"))
     ca_file, cert_file, key_file = make_certs(workdir)
     upstream = UpstreamProcess(cert_file, key_file, BIG_BYTES)
@@ -489,62 +475,48 @@ def main(argv: list[str] | None = None) -> int:
         report["loadgen_ceiling_rps"] = ceiling.rps
         print(f"  load generator ceiling (plain HTTP, fixed answer, c=1): {ceiling.rps:.0f} req/s", file=sys.stderr)
         up_pids = [upstream.pid]
-        direct: dict[tuple[str, int], Row] = {}
-        for row in series(
-            "GetSecretValue (JSON 1.1)",
-            lambda c, s: secret_direct(upstream.port, c, s),
-            tool,
-            upstream,
-            up_pids,
-            args.repeats,
-            args.seconds,
-        ):
-            direct[("secret", row.connections)] = row
-        for row in series(
-            "GetCallerIdentity (awsQuery)",
-            lambda c, s: identity_direct(upstream.port, c, s),
-            tool,
-            upstream,
-            up_pids,
-            args.repeats,
-            args.seconds,
-        ):
-            direct[("identity", row.connections)] = row
-        direct_rss = procs.rss_kib(up_pids)
-
         proxy = Proxy(workdir, upstream.port, ca_file, args.workers, args.proxy_root)
         print(f"proxy pids {proxy.pids}, port {proxy.port}, sts route port {proxy.route_port}", file=sys.stderr)
         run(query_get(proxy.port, SECRET_QUERY, 64, 2.0), tool)  # warm-up: imports, first connections
         pids = proxy.pids
         unsigned0 = upstream.count(UNSIGNED)
+        port, route_port = proxy.port, proxy.route_port
+        # (direct key or None, name, load, processes whose CPU is counted); run interleaved, so that direct and
+        # proxied figures of one connection count come from the same minutes of a shared machine
+        loads: list[tuple[str | None, str, Any, list[int]]] = [
+            ("secret", "GetSecretValue (JSON 1.1)", lambda c, s: secret_direct(upstream.port, c, s), up_pids),
+            (None, "GetSecretValue, Query GET", lambda c, s: query_get(port, SECRET_QUERY, c, s), pids),
+            (None, "GetSecretValue, Query POST", lambda c, s: query_post(port, SECRET_QUERY, c, s), pids),
+            ("identity", "GetCallerIdentity (awsQuery)", lambda c, s: identity_direct(upstream.port, c, s), up_pids),
+            (
+                None,
+                "GetCallerIdentity, pass-through GET",
+                lambda c, s: query_get(route_port, IDENTITY_QUERY, c, s),
+                pids,
+            ),
+        ]
+        direct: dict[tuple[str, int], Row] = {}
         proxied: list[Row] = []
-        proxied += series(
-            "GetSecretValue, Query GET",
-            lambda c, s: query_get(proxy.port, SECRET_QUERY, c, s),
-            tool,
-            upstream,
-            pids,
-            args.repeats,
-            args.seconds,
-        )
-        proxied += series(
-            "GetSecretValue, Query POST",
-            lambda c, s: query_post(proxy.port, SECRET_QUERY, c, s),
-            tool,
-            upstream,
-            pids,
-            args.repeats,
-            args.seconds,
-        )
-        proxied += series(
-            "GetCallerIdentity, pass-through GET",
-            lambda c, s: query_get(proxy.route_port, IDENTITY_QUERY, c, s),
-            tool,
-            upstream,
-            pids,
-            args.repeats,
-            args.seconds,
-        )
+        for connections in CONNECTIONS:
+            runs: dict[str, list[tuple[Result, float | None, float | None]]] = {name: [] for _, name, _, _ in loads}
+            for _ in range(args.repeats):
+                for _, name, make, measured in loads:
+                    runs[name].append(measure(make(connections, args.seconds), tool, upstream, measured))
+            for key, name, _, _ in loads:
+                row = median_row(name, connections, runs[name])
+                print(
+                    f"  {name:<36} c={connections:<3} {row.rps:>8.0f} req/s  p50 {row.p50 * 1e3:6.2f} ms  "
+                    f"p99 {row.p99 * 1e3:6.2f} ms  errors {row.errors}",
+                    file=sys.stderr,
+                )
+                if key is not None:
+                    direct[(key, connections)] = row
+                else:
+                    proxied.append(row)
+        order = [name for key, name, _, _ in loads if key is None]
+        proxied.sort(key=lambda row: (order.index(row.name), row.connections))
+        direct = dict(sorted(direct.items(), key=lambda item: (item[0][0] != "secret", item[0][1])))
+        direct_rss = procs.rss_kib(up_pids)
         if args.profile:
             report["profile"] = profile(proxy, tool, Path(args.profile), args.seconds)
         rss_after = procs.rss_kib(pids)
@@ -567,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             proxy.stop()
         upstream.stop()
     report["loadavg_before"], report["loadavg_after"] = load_before, os.getloadavg()
+    steal_after = procs.cpu_times()
+    report["steal_percent"] = 100 * (steal_after[0] - steal_before[0]) / max(1, steal_after[1] - steal_before[1])
     print_report(report, direct, proxied)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -581,7 +555,8 @@ def print_report(report: dict[str, Any], direct: dict[tuple[str, int], Row], pro
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB; Linux {m['kernel']}; Python {m['python']}, "
         f"aiohttp {m['aiohttp']}, botocore {m['botocore']}, uvloop {m['uvloop']}.  "
         f"Load average before/after: {' '.join(f'{x:.2f}' for x in report['loadavg_before'])} / "
-        f"{' '.join(f'{x:.2f}' for x in report['loadavg_after'])}.  "
+        f"{' '.join(f'{x:.2f}' for x in report['loadavg_after'])}; CPU steal (time the host gave to other VMs) "
+        f"{report['steal_percent']:.1f}%.  "
         f"Load generator: {report['tool']} (its ceiling, plain HTTP c=1: {report['loadgen_ceiling_rps']:.0f} req/s); "
         f"{report['seconds']:g} s per run, median of {report['repeats']}; proxy processes: {report['proxy_processes']}."
     )
