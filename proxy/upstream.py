@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from . import errors, h1
+from . import errors
 from .models import SignedRequest, UpstreamResponse
 
 CHUNK_BYTES = 64 * 1024
@@ -151,12 +151,6 @@ def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     return ctx
 
 
-def host_header(host: str, port: int) -> str:
-    """The Host header for an HTTPS origin: ``host`` alone on 443, else ``host:port`` (IPv6 in brackets)."""
-    name = f"[{host}]" if ":" in host else host
-    return name if port == 443 else f"{name}:{port}"
-
-
 class AiohttpUpstream:
     """Sends signed requests over one pooled aiohttp ClientSession.
 
@@ -184,22 +178,11 @@ class AiohttpUpstream:
         self._session: aiohttp.ClientSession | None = None
         self._max_response_bytes = max_response_bytes
         self._proxies: dict[str, dict[str, object]] = {}
-        self._pool: h1.Pool | None = None
-        self._origins: dict[str, tuple[str, int, str] | None] = {}
 
     async def start(self) -> None:
-        """Open the pooled ClientSession and the lean client's pool (inside the running loop)."""
-        context = ssl_context(self._ca_bundle)
-        self._pool = h1.Pool(
-            ssl_context=context,
-            resolver=self._resolver,
-            connect_timeout=self._timeout.sock_connect or 0,
-            read_timeout=self._timeout.sock_read or 0,
-            limit=self._pool_size,
-        )
-        self._origins.clear()
+        """Open the pooled ClientSession (inside the running loop)."""
         connector = aiohttp.TCPConnector(
-            ssl=context,
+            ssl=ssl_context(self._ca_bundle),
             limit=self._pool_size,
             resolver=self._resolver,
             ttl_dns_cache=60,
@@ -247,9 +230,6 @@ class AiohttpUpstream:
         """
         assert self._session is not None, "start() first"
         with upstream_errors():
-            origin = self._origin(request.url)
-            if origin is not None:
-                return await self._send_lean(origin, request)
             return await self._exchange(self._session, request)
 
     async def _exchange(self, session: aiohttp.ClientSession, request: SignedRequest) -> UpstreamResponse:
@@ -285,49 +265,6 @@ class AiohttpUpstream:
             kept = tuple((k, v) for k, v in headers if k.lower() not in _DECODED_AWAY)
             return UpstreamResponse(resp.status, kept, decoded)
 
-    def _origin(self, url: str) -> tuple[str, int, str] | None:
-        """``(host, port, request target)`` when ``url`` goes through the lean client (:mod:`proxy.h1`):
-        HTTPS without an outbound HTTP proxy. None: aiohttp's client sends it."""
-        if url in self._origins:
-            return self._origins[url]
-        origin: tuple[str, int, str] | None = None
-        parsed = URL(url)
-        if parsed.scheme == "https" and parsed.host and not self._proxy_args(url):
-            origin = (parsed.host, parsed.port or 443, parsed.raw_path_qs)
-        self._origins[url] = origin
-        return origin
-
-    async def _send_lean(self, origin: tuple[str, int, str], request: SignedRequest) -> UpstreamResponse:
-        assert self._pool is not None
-        host, port, target = origin
-        limit = self._max_response_bytes
-        headers = request.headers
-        if not headers or headers[0][0] != "Host" and not any(k.lower() == "host" for k, _ in headers):
-            headers = (("Host", host_header(host, port)), *headers)  # as aiohttp adds it
-        try:
-            answer = await self._pool.request(
-                host=host,
-                port=port,
-                target=target,
-                method=request.method,
-                headers=(*headers, ("User-Agent", self._user_agent), ("Accept-Encoding", "identity")),
-                body=request.body,
-                max_bytes=limit,
-            )
-        except h1.TooLarge as exc:
-            if exc.declared is not None:
-                raise errors.ResponseTooLarge(
-                    f"the upstream answer ({exc.declared} bytes) is over limits.max_response_bytes ({limit})"
-                ) from None
-            raise errors.ResponseTooLarge(f"the upstream answer is over limits.max_response_bytes ({limit})") from None
-        check_status(answer.status)
-        encoding = next((v for k, v in answer.headers if k.lower() == "content-encoding"), None)
-        if encoding is None:
-            return UpstreamResponse(answer.status, answer.headers, answer.body)
-        decoded = decode_body(encoding, answer.body, limit)
-        kept = tuple((k, v) for k, v in answer.headers if k.lower() not in _DECODED_AWAY)
-        return UpstreamResponse(answer.status, kept, decoded)
-
     async def open(self, request: SignedRequest) -> UpstreamStream:
         """Send and return once the status line and headers are in; the body stays on the wire.
 
@@ -352,9 +289,6 @@ class AiohttpUpstream:
         return _AiohttpStream(resp)
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
