@@ -75,6 +75,15 @@ def test_final_stage_installs_nothing_and_copies_the_built_environment() -> None
     assert any(c.startswith("--from=") for c in copies), "the final stage does not copy from the build stage"
 
 
+def test_build_stage_installs_the_fast_extra_and_ci_repeats_it() -> None:
+    """The image runs on uvloop (pyproject's ``fast`` extra); .ci/run installs the wheel the same way."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("uvloop") for dep in extras["fast"])
+    runs = " ".join(instructions(stages()[0], "RUN"))
+    assert re.search(r"pip install [^&]*\.whl\)?\[fast\]", runs), runs
+    assert re.search(r"pip\" install --quiet [^\n]*\.whl\)?\[fast\]", (ROOT / ".ci" / "run").read_text())
+
+
 def test_runs_as_a_numeric_non_root_user() -> None:
     users = instructions(final(), "USER")
     assert users, "no USER in the final stage: the image would run as root"
