@@ -54,6 +54,9 @@ MIN_REFRESH_INTERVAL_SECONDS = 1.0
 # Failed fetches are retried after random() * min(RETRY_MAX, RETRY_BASE * 2 ** failures) seconds (full jitter).
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+# The exponent stops growing here (RETRY_BASE * 2 ** 16 is past RETRY_MAX already): 2.0 ** 1024 would overflow
+# a float after about 8 hours of failures.
+RETRY_MAX_EXPONENT = 16
 # The refresher never re-reads the schedule more often than this (a tiny jitter is not a busy loop).
 MIN_WAIT_SECONDS = 0.1
 # A snapshot fetched because the upstream refused its predecessor, and refused in turn, is not replaced again
@@ -475,7 +478,8 @@ class CredentialManager:
 
     def _failed(self, reason: str) -> None:
         self._failures += 1
-        delay = self._rand() * min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2.0**self._failures)
+        ceiling = RETRY_BASE_SECONDS * 2.0 ** min(self._failures, RETRY_MAX_EXPONENT)
+        delay = self._rand() * min(RETRY_MAX_SECONDS, ceiling)
         now = self._clock()
         self._retry_at = now + delay
         self.last_error = reason

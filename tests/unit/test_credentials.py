@@ -14,6 +14,7 @@ from botocore.credentials import AssumeRoleCredentialFetcher, Credentials, Refre
 from proxy import errors
 from proxy.config import CredentialsConfig, default_session_name
 from proxy.credentials import (
+    RETRY_MAX_SECONDS,
     CredentialManager,
     NeverCache,
     Snapshot,
@@ -114,6 +115,22 @@ async def test_failures_back_off_with_jitter_and_fail_fast() -> None:
     clock.now += 100
     await manager.get()
     assert manager.ready() and manager.failures == 0 and manager.last_error is None
+
+
+async def test_backoff_stays_bounded_through_an_outage_of_any_length() -> None:
+    clock = Clock()
+    source = Source(clock)
+    manager = CredentialManager(source, clock=clock, rand=lambda: 0.999)
+    source.failing = True
+    for failures in range(1, 1201):  # 2.0 ** 1024 overflows a float: about 8 hours of STS outage
+        with pytest.raises(errors.CredentialsUnavailable):
+            await manager.get()
+        assert manager.failures == failures
+        assert 0 <= manager._retry_at - clock.now < RETRY_MAX_SECONDS
+        clock.now += RETRY_MAX_SECONDS  # the documented maximum: the next get() fetches again
+    assert source.calls == 1200
+    source.failing = False
+    assert await manager.get() is manager.snapshot and manager.failures == 0
 
 
 async def test_background_refresher_refreshes_ahead_and_retries() -> None:
