@@ -674,6 +674,27 @@ class FakeAWS:
     def wait_ready(self, proxy: Any) -> None:
         wait_until(lambda: self.get(proxy, "/readyz").status == 200, what="/readyz 200")
 
+    def advance_until(self, proxy: Any, predicate: Any, what: str, step: float = 5.0) -> None:
+        """Move the fake clock ``step`` seconds at a time until ``predicate()`` holds, for a failed fetch's
+        retry. Settles first: a fetch still in flight is counted before the clock moves, so its backoff (at
+        most ``RETRY_MAX_SECONDS``, full jitter) runs from a time before the first step. Once that maximum has
+        passed on the fake clock the retry is due, and ``predicate`` is polled in real time (AssertionError
+        after ``wait_until``'s timeout)."""
+        from proxy.credentials import RETRY_MAX_SECONDS
+
+        self.settle(proxy)
+        advanced = 0.0
+        while advanced < RETRY_MAX_SECONDS and not predicate():
+            self.advance(step)
+            advanced += step
+            self.settle(proxy)
+        wait_until(predicate, what=f"{what} within {RETRY_MAX_SECONDS:g} s of fake time")
+
+    def recover(self, proxy: Any) -> None:
+        """End an STS outage (``sts.failure = None``) and advance the fake clock until the proxy is ready."""
+        self.sts.failure = None
+        self.advance_until(proxy, lambda: self.get(proxy, "/readyz").status == 200, what="/readyz 200")
+
     def close(self) -> None:
         self.sts.gate.open()
         for server in reversed(self.proxies + self._servers):

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from proxy.config import default_session_name
+from proxy.credentials import RETRY_MAX_SECONDS
 from tests.fakeaws import DENIED, OUTAGE, FakeAWS, wait_until
 
 MINUTE = 60.0
+assert MINUTE >= RETRY_MAX_SECONDS  # a minute of fake time passes any backoff after a failure
 
 
 def role(**extra: Any) -> dict[str, Any]:
@@ -110,7 +112,7 @@ def test_sts_down_for_20_minutes_no_request_fails(aws: FakeAWS) -> None:
     wait_until(lambda: failed() == 1, what="the first failed refresh")
     aws.settle(proxy)
     for minute in range(1, 21):
-        aws.advance(MINUTE)  # longer than the longest backoff (60 s): exactly one more try each time
+        aws.advance(MINUTE)  # the longest backoff (RETRY_MAX_SECONDS) from the settled failure: one more try
         wait_until(lambda: failed() == minute + 1, what=f"the retry in minute {minute}")  # noqa: B023
         aws.settle(proxy)
         for _ in range(3):  # requests keep the current credentials and never call STS themselves
@@ -119,8 +121,7 @@ def test_sts_down_for_20_minutes_no_request_fails(aws: FakeAWS) -> None:
         assert len(aws.sts.calls) == minute + 2
     assert aws.metric(proxy, "credential_refreshes_total", '{result="error"}') == 21
     aws.sts.failure = None
-    aws.advance(MINUTE)  # past the longest backoff (60 s)
-    wait_until(lambda: len(aws.sts.issued()) == 2, what="recovery")
+    aws.advance_until(proxy, lambda: len(aws.sts.issued()) == 2, what="recovery")
     aws.settle(proxy)
     assert aws.ok(proxy) != first
     assert all(c.status == 200 for c in aws.upstream.calls)
@@ -133,6 +134,7 @@ def test_sts_down_past_expiry_readyz_503_then_recovers(aws: FakeAWS) -> None:
     aws.sts.failure = OUTAGE
     aws.advance(60 * MINUTE - 31)  # 31 s of validity left
     wait_until(lambda: any(c.error for c in aws.sts.calls), what="a failed refresh")
+    aws.settle(proxy)  # the proxy has seen the failure (readyz names it below), not only the fake STS
     assert aws.ok(proxy) == first
     assert aws.get(proxy, "/readyz").status == 200
     aws.advance(2)  # 29 s left: too close to expiry to sign with
@@ -142,9 +144,7 @@ def test_sts_down_past_expiry_readyz_503_then_recovers(aws: FakeAWS) -> None:
     assert resp.status == 503
     assert b"<Code>CredentialsUnavailable</Code>" in resp.body
     assert aws.get(proxy, "/healthz").status == 200
-    aws.sts.failure = None
-    aws.advance(MINUTE)
-    aws.wait_ready(proxy)
+    aws.recover(proxy)
     assert aws.ok(proxy) != first
 
 
@@ -160,9 +160,7 @@ def test_role_that_cannot_be_assumed_at_start_is_not_an_exit(aws: FakeAWS) -> No
     resp = aws.get_secret(proxy)
     assert resp.status == 503 and b"<Code>CredentialsUnavailable</Code>" in resp.body
     assert not aws.upstream.calls
-    aws.sts.failure = None
-    aws.advance(MINUTE)
-    aws.wait_ready(proxy)
+    aws.recover(proxy)
     aws.ok(proxy)
 
 
@@ -206,9 +204,7 @@ def test_expired_token_during_an_sts_outage_is_credentials_unavailable(aws: Fake
         assert aws.get_secret(proxy).status == 503
     assert len(aws.sts.calls) == calls
     assert len(aws.upstream.calls) == 2
-    aws.sts.failure = None
-    aws.advance(MINUTE)
-    aws.wait_ready(proxy)
+    aws.recover(proxy)
     assert aws.ok(proxy) != first
 
 
