@@ -39,6 +39,9 @@ SIGNING_PARAMETERS = frozenset(
 )
 
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# Names query_request takes out of the parameters (as bytes): not counted against limits.max_parameters.
+_UNCOUNTED = frozenset(name.encode() for name in (*SIGNING_PARAMETERS, "Action", "Version"))
+_PART = re.compile(rb"[^&]+")
 # A body of at most limits.max_body_bytes from a client on loopback arrives in milliseconds; one that stops
 # arriving would hold its limits.max_concurrent_requests slot (and the connection) for ever.
 BODY_TIMEOUT_SECONDS = 10.0
@@ -64,6 +67,35 @@ def decode_form(raw: bytes, where: str) -> list[tuple[str, str]]:
         except UnicodeDecodeError:
             raise errors.MalformedQueryString(f"the {where} is not UTF-8 after percent-decoding") from None
     return pairs
+
+
+def too_many_parameters(max_parameters: int) -> errors.InvalidParameterValue:
+    """The error of the ``limits.max_parameters`` rule (SPEC sections 3 and 6): raised before decoding by
+    :func:`check_parameter_count`, and after it by :func:`proxy.translate.decode_input`."""
+    return errors.InvalidParameterValue(f"more than limits.max_parameters ({max_parameters}) parameters in one request")
+
+
+def check_parameter_count(max_parameters: int, *sources: bytes) -> None:
+    """Refuse a raw query string and form body holding more than ``max_parameters`` parameters before any of
+    it is decoded: a 256 KiB body of 100,000 ``a=&`` pairs would otherwise be decoded whole first.
+
+    Counts what :func:`query_request` keeps as parameters: non-empty ``&``-separated parts not named
+    ``Action``, ``Version`` or a signing parameter (names compared after percent-decoding). Costs one
+    ``bytes.count`` per source while the ``&`` separators are within the limit, else a scan that stops at
+    the first part over it. Raises InvalidParameterValue (:func:`too_many_parameters`).
+    """
+    if sum(raw.count(b"&") + 1 for raw in sources if raw) <= max_parameters:
+        return
+    counted = 0
+    for raw in sources:
+        for part in _PART.finditer(raw):
+            name = part.group().partition(b"=")[0]
+            if b"%" in name or b"+" in name:
+                name = unquote_to_bytes(name.replace(b"+", b" "))
+            if name not in _UNCOUNTED:
+                counted += 1
+                if counted > max_parameters:
+                    raise too_many_parameters(max_parameters)
 
 
 async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
@@ -94,13 +126,16 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
     return bytes(body)
 
 
-def query_request(method: str, raw_query: bytes, body: bytes | None) -> QueryRequest:
+def query_request(method: str, raw_query: bytes, body: bytes | None, max_parameters: int | None = None) -> QueryRequest:
     """Build the :class:`QueryRequest` from the raw query string and (for POST) the form body.
 
     Parameters from both are taken, query string first. ``Action`` and ``Version`` are lifted out; the app's
-    signing parameters are dropped. Raises MalformedQueryString; InvalidParameterValue when Action or Version
-    is given twice.
+    signing parameters are dropped. With ``max_parameters`` (``limits.max_parameters``) the parameters are
+    counted first (:func:`check_parameter_count`). Raises MalformedQueryString; InvalidParameterValue when
+    Action or Version is given twice or there are more than ``max_parameters`` parameters.
     """
+    if max_parameters is not None:
+        check_parameter_count(max_parameters, raw_query, body or b"")
     pairs = decode_form(raw_query, "query string")
     if body:
         pairs += decode_form(body, "request body")
@@ -127,10 +162,11 @@ def raw_query(request: web.Request) -> bytes:
     return query.encode("utf-8", "surrogateescape")
 
 
-async def read_query(request: web.Request, max_body_bytes: int) -> QueryRequest:
-    """Read a GET or form POST Query request (the content type was checked by :mod:`proxy.validate`)."""
+async def read_query(request: web.Request, max_body_bytes: int, max_parameters: int) -> QueryRequest:
+    """Read a GET or form POST Query request (the content type was checked by :mod:`proxy.validate`), at most
+    ``max_body_bytes`` of body and ``max_parameters`` parameters (counted before decoding)."""
     body = await read_body(request, max_body_bytes) if request.method == "POST" else None
-    return query_request(request.method, raw_query(request), body)
+    return query_request(request.method, raw_query(request), body, max_parameters)
 
 
 def request_head(request: web.Request) -> RequestHead:

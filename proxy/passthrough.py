@@ -41,7 +41,7 @@ async def handle_passthrough(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     ctx = context(request)
     check_head(request_head(request), service.rules)
-    query = await read_query(request, service.limits.max_body_bytes)
+    query = await read_query(request, service.limits.max_body_bytes, service.limits.max_parameters)
     operation = service.translator.decode(query.action, query.version, query.params)
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
     service.guard.check(operation)

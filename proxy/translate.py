@@ -38,6 +38,7 @@ from botocore.utils import parse_timestamp
 
 from . import errors
 from .models import Operation, UpstreamResponse
+from .parse import too_many_parameters
 from .render import Fallback, Plan
 
 # ---------------------------------------------------------------------------------------------------------
@@ -73,9 +74,7 @@ def _tree(params: Iterable[tuple[str, str]], limits: InputLimits) -> _Node:
     for name, value in params:
         count += 1
         if count > limits.max_parameters:
-            raise errors.InvalidParameterValue(
-                f"more than limits.max_parameters ({limits.max_parameters}) parameters in one request"
-            )
+            raise too_many_parameters(limits.max_parameters)
         node = root
         for part in name.split("."):
             if not part:

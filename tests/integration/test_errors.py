@@ -276,6 +276,13 @@ def test_spec_error_row(
     assert_error(proxy.request(method, target, body, headers), status, code)
 
 
+def test_100000_pairs_are_refused_on_their_count(proxy: Listener) -> None:
+    body = f"Action=ListSecrets&{Q}&".encode() + b"a&" * 100_000  # 200 KB, under limits.max_body_bytes
+    error = assert_error(proxy.request("POST", "/", body, FORM), 400, "InvalidParameterValue")
+    # the count rule, not "parameter a is given more than once" found while decoding them
+    assert error["Message"] == "more than limits.max_parameters (8) parameters in one request"
+
+
 def test_missing_token_is_access_denied(proxy: Listener) -> None:
     error = assert_error(proxy.request("GET", get(f"Action=ListSecrets&{Q}"), token=False), 403, "AccessDenied")
     assert TOKEN_HEADER in error["Message"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import botocore.session
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import errors
+from proxy import errors, parse
 from proxy.parse import SIGNING_PARAMETERS, decode_form, query_request
+from proxy.translate import InputLimits, decode_input
 
 
 def test_plus_is_space_and_escaped_plus_is_plus() -> None:
@@ -93,3 +95,53 @@ def test_empty_action_is_empty_and_empty_version_absent() -> None:
 def test_malformed_body_names_the_body() -> None:
     with pytest.raises(errors.MalformedQueryString, match="request body"):
         query_request("POST", b"Action=ListSecrets", b"x=%")
+
+
+# limits.max_parameters, counted before decoding
+
+
+def rule_error(params: tuple[tuple[str, str], ...], max_parameters: int) -> errors.InvalidParameterValue:
+    """The error the existing rule (decode_input, after decoding) gives for ``params``."""
+    op = botocore.session.get_session().get_service_model("secretsmanager").operation_model("ListSecrets")
+    with pytest.raises(errors.InvalidParameterValue) as info:
+        decode_input(params, op, InputLimits(max_parameters=max_parameters))
+    return info.value
+
+
+def test_100000_pairs_are_refused_before_any_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[bytes] = []
+    real = parse.decode_form
+    monkeypatch.setattr(parse, "decode_form", lambda raw, where: decoded.append(raw) or real(raw, where))
+    body = b"Action=ListSecrets&Version=2017-10-17&" + b"a=&" * 100_000
+    with pytest.raises(errors.InvalidParameterValue) as info:
+        query_request("POST", b"", body, max_parameters=1000)
+    assert (info.value.status, info.value.code) == (400, "InvalidParameterValue")
+    assert decoded == []  # neither the query string nor the body was decoded
+    distinct = tuple((f"a{i}", "") for i in range(1001))
+    assert (
+        info.value.message
+        == rule_error(distinct, 1000).message
+        == ("more than limits.max_parameters (1000) parameters in one request")
+    )
+
+
+def test_the_count_before_decoding_is_the_rules_count() -> None:
+    """Action, Version, signing parameters (also percent-encoded) and empty parts are not parameters."""
+    uncounted = "Act%69on=ListSecrets&Version=2017-10-17&" + "&".join(f"{n}=x" for n in sorted(SIGNING_PARAMETERS))
+    names = [f"Filters.member.{i}.Key" for i in range(1, 6)]
+    at_limit = "&&&".join(f"{n}=name" for n in names) + "&&&"
+    q = query_request("POST", uncounted.encode(), at_limit.encode(), max_parameters=5)
+    assert q.action == "ListSecrets" and len(q.params) == 5
+    over = at_limit + "Signature%3D=x"  # a name that only looks like a signing parameter counts
+    with pytest.raises(errors.InvalidParameterValue) as info:
+        query_request("POST", uncounted.encode(), over.encode(), max_parameters=5)
+    params = tuple((n, "name") for n in names) + (("Signature=", "x"),)
+    assert info.value.message == rule_error(params, 5).message
+    assert len(query_request("POST", uncounted.encode(), over.encode()).params) == 6  # no limit given: no count
+
+
+def test_over_the_count_wins_over_a_decoding_error() -> None:
+    with pytest.raises(errors.InvalidParameterValue, match=r"max_parameters \(2\)"):
+        query_request("GET", b"a=%&b=%C3%28&c=", None, max_parameters=2)
+    with pytest.raises(errors.MalformedQueryString):
+        query_request("GET", b"a=%&b=%C3%28", None, max_parameters=2)
