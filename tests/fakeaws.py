@@ -2,7 +2,7 @@
 
 - :class:`FakeSTS` (TLS): AssumeRole (SigV4 verified with botocore against the key ring) and
   AssumeRoleWithWebIdentity (the token checked against the accepted set), answering in STS's XML; it issues
-  keys with a chosen lifetime under the :class:`FakeClock`, counts calls, and can fail or stall.
+  keys with a chosen lifetime under the fake clock (:class:`tests.clocks.ManualClock`), counts calls, and can fail or stall.
 - :class:`FakeSecretsManager` (TLS): the upstream. It recomputes every SigV4 signature with botocore's
   ``SigV4Auth`` over the request as received, rejects keys the ring says are unknown, revoked or expired (400
   JSON, as Secrets Manager does), refuses a signing time more than 5 minutes from its own clock (which may be
@@ -38,22 +38,11 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tests.clocks import ManualClock
+
 ACCOUNT = "123456789012"
 STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 SECRET_VALUE = "s3cret-from-the-fake-upstream"
-
-
-class FakeClock:
-    """Epoch seconds that move only when told (:meth:`advance`); starts at the real time."""
-
-    def __init__(self) -> None:
-        self._now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
 
 
 @dataclass
@@ -69,7 +58,7 @@ class Key:
 class KeyRing:
     """Every key the fakes know: static user keys (``AKIA...``) and issued temporary ones (``ASIA...``)."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self._keys: dict[str, Key] = {}
         self._ids = itertools.count(1)
@@ -516,7 +505,7 @@ class FakeAWS:
         self._server_thread = ServerThread
         self.tmp_path = tmp_path
         self.monkeypatch = monkeypatch
-        self.clock = FakeClock()
+        self.clock = ManualClock(float(int(time.time())))  # starts at the real time
         self.ring = KeyRing(self.clock)
         self.sts = FakeSTS(self.ring)
         self.upstream = FakeSecretsManager(self.ring)

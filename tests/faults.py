@@ -17,7 +17,6 @@ Also the pytest fixtures for these (registered by ``tests/conftest.py``): ``cert
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import os
 import selectors
@@ -451,21 +450,6 @@ def xml_error(body: bytes) -> tuple[str, str, str]:
     root = ElementTree.fromstring(body)
     assert root.tag == "ErrorResponse", body[:200]
     return (root.findtext("Error/Type") or "", root.findtext("Error/Code") or "", root.findtext("RequestId") or "")
-
-
-class FakeClock:
-    """A botocore clock (``botocore.auth.get_current_datetime``) that moves one second per call, so every
-    signature is computed for a distinct X-Amz-Date."""
-
-    def __init__(self) -> None:
-        self.start = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, remove_tzinfo: bool = True) -> datetime.datetime:
-        with self._lock:
-            self.calls += 1
-            return self.start + datetime.timedelta(seconds=self.calls)
 
 
 # ---------------------------------------------------------------------------------------------------------

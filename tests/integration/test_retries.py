@@ -9,8 +9,8 @@ import re
 import botocore.auth
 import pytest
 
+from tests.clocks import SigningClock
 from tests.faults import (
-    FakeClock,
     answer,
     ok,
     poll,
@@ -62,7 +62,7 @@ def test_throttled_twice_then_success_is_200_after_three_attempts(start_fault, s
 
 
 def test_every_attempt_is_signed_afresh(start_fault, start_fault_proxy, monkeypatch):
-    clock = FakeClock()  # one second per signature: a reused signature would show as a repeated X-Amz-Date
+    clock = SigningClock()  # one second per signature: a reused signature would show as a repeated X-Amz-Date
     monkeypatch.setattr(botocore.auth, "get_current_datetime", clock)
     fault = start_fault(
         sequence(throttle(), answer(503, "<html><body>busy</body></html>", content_type="text/html"), ok())

@@ -16,19 +16,12 @@ from proxy.config import CacheConfig
 from proxy.metrics import Metrics
 from proxy.models import Operation, UpstreamResponse
 from proxy.translate import SECRET_ID_SHAPES, Translator, is_read_operation, secret_ids
+from tests.clocks import ManualClock
 
 MODEL = botocore.session.get_session().get_service_model("secretsmanager")
 TRANSLATOR = Translator(MODEL)
 VERSION = "0" * 32
 PREFIX = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Upstream:
@@ -120,7 +113,7 @@ def batch(*ids: str, **more: str) -> Operation:
 
 class Fixture:
     def __init__(self, **cfg: Any) -> None:
-        self.clock = Clock()
+        self.clock = ManualClock(1000.0)
         self.metrics = Metrics.create()
         self.cache = SecretCache(CacheConfig(**{"enabled": True, **cfg}), self.metrics, clock=self.clock)
         self.upstream = Upstream()

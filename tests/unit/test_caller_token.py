@@ -11,20 +11,13 @@ import pytest
 from proxy import caller_token, errors
 from proxy.caller_token import MAX_AGE_SECONDS, CallerToken
 from proxy.config import ConfigError
+from tests.clocks import ManualClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make(tmp_path: Path, content: str = "  first-token \n") -> tuple[CallerToken, Path, Clock]:
+def make(tmp_path: Path, content: str = "  first-token \n") -> tuple[CallerToken, Path, ManualClock]:
     path = tmp_path / "token"
     path.write_text(content)
-    clock = Clock()
+    clock = ManualClock(1000.0)
     return CallerToken("X-Proxy-Token", str(path), clock=clock), path, clock
 
 

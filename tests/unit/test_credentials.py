@@ -21,20 +21,13 @@ from proxy.credentials import (
     _read_fresh,
     assume_role_args,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clocks import ManualClock
 
 
 class Source:
     """A fetch that issues ``lifetime``-second snapshots, or raises while ``failing``; counts its calls."""
 
-    def __init__(self, clock: Clock, lifetime: float = 900.0) -> None:
+    def __init__(self, clock: ManualClock, lifetime: float = 900.0) -> None:
         self.clock = clock
         self.lifetime = lifetime
         self.failing = False
@@ -67,7 +60,7 @@ def test_snapshot_repr_hides_secrets() -> None:
 
 
 async def test_valid_credentials_never_fetch_in_the_request_path() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Source(clock)
     manager = CredentialManager(source, clock=clock)
     first = await manager.get()
@@ -79,7 +72,7 @@ async def test_valid_credentials_never_fetch_in_the_request_path() -> None:
 
 
 async def test_concurrent_requests_share_one_fetch() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Source(clock)
     manager = CredentialManager(source, clock=clock)
     source.gate.clear()
@@ -92,7 +85,7 @@ async def test_concurrent_requests_share_one_fetch() -> None:
 
 
 async def test_failures_back_off_with_jitter_and_fail_fast() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Source(clock)
     manager = CredentialManager(source, clock=clock, rand=lambda: 0.5)
     source.failing = True
@@ -118,7 +111,7 @@ async def test_failures_back_off_with_jitter_and_fail_fast() -> None:
 
 
 async def test_backoff_stays_bounded_through_an_outage_of_any_length() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Source(clock)
     manager = CredentialManager(source, clock=clock, rand=lambda: 0.999)
     source.failing = True
@@ -134,7 +127,7 @@ async def test_backoff_stays_bounded_through_an_outage_of_any_length() -> None:
 
 
 async def test_background_refresher_refreshes_ahead_and_retries() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Source(clock)
     manager = CredentialManager(source, clock=clock, rand=lambda: 0.5)
     results: list[str] = []
@@ -161,7 +154,7 @@ async def test_background_refresher_refreshes_ahead_and_retries() -> None:
 
 
 async def test_credentials_that_are_already_expiring_count_as_a_failure() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Source(clock, lifetime=20)  # less than the 30 s margin: never signed with
     manager = CredentialManager(source, clock=clock, rand=lambda: 0.5)
     with pytest.raises(errors.CredentialsUnavailable, match="expire in 20"):
@@ -170,7 +163,7 @@ async def test_credentials_that_are_already_expiring_count_as_a_failure() -> Non
 
 
 async def test_refused_snapshot_is_replaced_once_and_not_reused() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Source(clock)
     manager = CredentialManager(source, clock=clock, rand=lambda: 0.5)
     first = await manager.get()
@@ -190,7 +183,7 @@ async def test_refused_snapshot_is_replaced_once_and_not_reused() -> None:
 
 
 def test_seconds_until_expiry() -> None:
-    clock = Clock()
+    clock = ManualClock()
     manager = CredentialManager(lambda: Snapshot("A", "s"), clock=clock)
     assert manager.seconds_until_expiry() == 0.0
     manager._snapshot = Snapshot("ASIA1", "s", "t", clock.now + 900, clock.now)
