@@ -38,11 +38,11 @@ from tests.faults import (
     answer,
     list_secrets_document,
     never,
-    poll,
     reset_mid_body,
     secret_value,
     throttle,
 )
+from tests.support import poll
 
 MB = 1024 * 1024
 MAX_RESPONSE_BYTES = 256 * 1024

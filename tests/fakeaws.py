@@ -39,6 +39,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.clocks import ManualClock
+from tests.support import poll
 
 ACCOUNT = "123456789012"
 STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
@@ -482,12 +483,8 @@ class FakeIMDS:
 
 
 def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``predicate()`` until true (every 10 ms); AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    """:func:`tests.support.poll` with the credential tests' default of 15 s."""
+    poll(predicate, timeout, what)
 
 
 class FakeAWS:

@@ -537,18 +537,6 @@ class MeasuredProxy(ProxyProcess):
         return self.process.wait(timeout)
 
 
-def poll(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    """Call ``condition`` until it returns something truthy (returned); AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 def free_port() -> int:
     """A loopback port nothing listens on (bound, then closed)."""
     with socket.socket() as s:

@@ -223,15 +223,6 @@ def list_topics_form(token: str) -> bytes:
     return f"Action=ListTopics&Version=2010-03-31&NextToken={token}".encode()
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 50 ms until true (no fixed sleeps to wait for a state)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
-
-
 def proxy_sections(upstream: BigUpstream, **extra: Any) -> dict[str, Any]:
     return {
         "upstream": {

@@ -15,9 +15,10 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import botocore.session
 from aiohttp import web
@@ -28,7 +29,59 @@ from proxy.config import Config, build, check
 from proxy.local import REGION, MotoServer
 
 
-class ServerThread:
+class LoopThread:
+    """A listener served by :meth:`_serve` in a background thread with its own event loop; a context manager.
+
+    Subclasses implement ``_serve(stop)``: bind, set ``port`` and call ``self._ready.set()``, then return once
+    ``stop`` is set. Entering starts the thread and waits for that, raising whatever ``_serve`` raised
+    (AssertionError when it is not serving within 60 s); exiting sets ``stop`` and joins the thread (closing
+    the loop raises RuntimeError when ``_serve`` has not returned within 30 s).
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # surfaced to the test by __enter__
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()  # made inside the serving loop
+        await self._serve(self._stop)
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine in the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        ready = self._ready.wait(60)
+        if self._error is not None:
+            raise self._error
+        assert ready, f"{type(self).__name__} was not serving within 60 s"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        self.loop.close()
+
+
+class ServerThread(LoopThread):
     """Run an aiohttp application on 127.0.0.1 (or ``host``) in a background thread with its own loop.
 
     ``factory`` is called inside that loop (so loop-bound objects are created there). Use as a context
@@ -43,18 +96,13 @@ class ServerThread:
         ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout: float = 5.0,
     ) -> None:
+        super().__init__()
         self.factory = factory
         self.host = host
         self.ssl_context = ssl_context
         self.shutdown_timeout = shutdown_timeout
-        self.port = 0
         self.app: web.Application | None = None
         self.runner: web.AppRunner | None = None
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
     def url(self) -> str:
@@ -62,16 +110,7 @@ class ServerThread:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._serve())
-        except BaseException as exc:  # surfaced to the test by __enter__
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+    async def _serve(self, stop: asyncio.Event) -> None:
         self.app = self.factory()
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
@@ -84,26 +123,22 @@ class ServerThread:
         await site.start()
         self._ready.set()
         try:
-            await self._stop.wait()
+            await stop.wait()
         finally:
             await runner.cleanup()
 
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        """Run a coroutine in the server's loop and return its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        self._ready.wait(60)
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        self.loop.close()
+def poll(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """Call ``condition`` every ``interval`` seconds until it returns something truthy (returned); AssertionError
+    after ``timeout`` seconds. How tests wait for a state (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,73 +16,18 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import serve
-from proxy.config import Config
 from proxy.local import DEMO_SECRET, DEMO_SECRET_VALUE
 from proxy.metrics import Metrics
 from tests.conftest import Emulator
-from tests.support import ServerThread, legacy_client, proxy_config, raw_request
+from tests.serving import Served
+from tests.support import ServerThread, legacy_client, poll, proxy_config, raw_request
 
 QUERY = f"/?Action=GetSecretValue&SecretId={DEMO_SECRET.replace('/', '%2F')}&Version=2017-10-17"
-
-
-class ServeThread:
-    """:func:`proxy.app.serve` (both listeners, as the CLI runs it) in a background thread with its own loop."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.port = 0
-        self.admin_port = 0
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-
-        def ready(port: int, admin_port: int | None) -> None:
-            assert admin_port is not None
-            self.port, self.admin_port = port, admin_port
-            self._ready.set()
-
-        await serve(self.cfg, ready=ready, stop=self._stop)
-
-    def __enter__(self) -> ServeThread:
-        self._thread.start()
-        self._ready.wait(60)
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        self._loop.close()
 
 
 def get(port: int, target: str, method: str = "GET") -> tuple[int, str]:
     resp = raw_request(port, method, target)
     return resp.status, resp.body.decode("utf-8", "replace")
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -106,14 +50,16 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def served(emulator: Emulator, demo_env: None) -> Iterator[Callable[..., ServeThread]]:
-    started: list[ServeThread] = []
+def served(emulator: Emulator, demo_env: None) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
 
-    def start(**sections: Any) -> ServeThread:
+    def start(**sections: Any) -> Served:
         cfg = proxy_config(emulator.server, admin={"host": "127.0.0.1", "port": 0}, **sections)
-        server = ServeThread(cfg).__enter__()
+        server = Served(cfg).__enter__()
         started.append(server)
-        poll(lambda: get(server.admin_port, "/readyz")[0] == 200, "/readyz to turn 200")
+        admin_port = server.admin_port
+        assert admin_port is not None, "serve() reported no admin listener"
+        poll(lambda: get(admin_port, "/readyz")[0] == 200, 30, "/readyz to turn 200")
         return server
 
     yield start
@@ -121,7 +67,7 @@ def served(emulator: Emulator, demo_env: None) -> Iterator[Callable[..., ServeTh
         server.__exit__(None, None, None)
 
 
-def test_admin_listener_serves_only_admin_and_query_port_serves_no_admin(served: Callable[..., ServeThread]) -> None:
+def test_admin_listener_serves_only_admin_and_query_port_serves_no_admin(served: Callable[..., Served]) -> None:
     proxy = served(policy={"allow_actions": ["*"]})
     assert proxy.admin_port != proxy.port
     # the Query API answers on its port ...
@@ -144,7 +90,7 @@ def test_admin_listener_serves_only_admin_and_query_port_serves_no_admin(served:
         assert "query_signing_proxy_" not in body
 
 
-def test_every_series_moves_with_traffic(served: Callable[..., ServeThread], tmp_path_factory: Any) -> None:
+def test_every_series_moves_with_traffic(served: Callable[..., Served], tmp_path_factory: Any) -> None:
     proxy = served(policy={"allow_actions": ["*"]}, cache={"enabled": True})
     legacy = legacy_client(f"http://127.0.0.1:{proxy.port}", str(tmp_path_factory.getbasetemp()))
     before = scrape(proxy.admin_port)
@@ -203,7 +149,7 @@ def test_every_series_moves_with_traffic(served: Callable[..., ServeThread], tmp
 
 
 def test_in_flight_gauge_counts_held_requests(
-    served: Callable[..., ServeThread], emulator: Emulator, tmp_path_factory: Any
+    served: Callable[..., Served], emulator: Emulator, tmp_path_factory: Any
 ) -> None:
     """A real aiohttp upstream that holds the request until released: the gauge shows it while it is held."""
     release = threading.Event()
@@ -236,7 +182,11 @@ def test_in_flight_gauge_counts_held_requests(
         client.start()
         try:
             assert arrived.wait(30)
-            poll(lambda: value(scrape(proxy.admin_port), "query_signing_proxy_requests_in_flight") == 1, "in-flight 1")
+            poll(
+                lambda: value(scrape(proxy.admin_port), "query_signing_proxy_requests_in_flight") == 1,
+                30,
+                "in-flight 1",
+            )
         finally:
             release.set()
             client.join(30)

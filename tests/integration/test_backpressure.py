@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from proxy.models import SignedRequest
 from proxy.upstream import AiohttpUpstream
-from tests.faults import delayed, never, ok, poll, xml_error
-from tests.support import raw_request
+from tests.faults import delayed, never, ok, xml_error
+from tests.support import poll, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
 

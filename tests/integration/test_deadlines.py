@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tests.faults import SilentServer, drip, never, poll, stall_body, xml_error
-from tests.support import raw_request
+from tests.faults import SilentServer, drip, never, stall_body, xml_error
+from tests.support import poll, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
 SLACK = 1.0  # seconds past a deadline the answer may take

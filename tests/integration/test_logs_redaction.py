@@ -20,8 +20,7 @@ import pytest
 
 from proxy import logs
 from proxy.app import SHARED
-from tests.faults import poll
-from tests.support import legacy_client, raw_request
+from tests.support import legacy_client, poll, raw_request
 
 TOKEN_HEADER = "X-Proxy-Token"
 LOGGERS = (

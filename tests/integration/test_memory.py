@@ -15,8 +15,8 @@ import tracemalloc
 import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.faults import MeasuredProxy, answer, by_operation, delayed, list_secrets_document, ok, poll
-from tests.support import ServerThread, raw_request
+from tests.faults import MeasuredProxy, answer, by_operation, delayed, list_secrets_document, ok
+from tests.support import ServerThread, poll, raw_request
 
 LIST = "/?Action=ListSecrets&Version=2017-10-17"
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"

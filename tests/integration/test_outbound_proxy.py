@@ -6,39 +6,38 @@ the upstream (aiohttp's client). A real CONNECT proxy on loopback records what i
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.faults import LoopbackResolver, ok
-from tests.support import raw_request
+from tests.support import LoopThread, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
 HOST = "secretsmanager.upstream.test"
 
 
-class ConnectProxy:
+class ConnectProxy(LoopThread):
     """An HTTP CONNECT proxy on 127.0.0.1 in its own thread; every target host is reached at 127.0.0.1 (no
     DNS). ``targets`` records each CONNECT's ``host:port``."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.targets: list[str] = []
-        self.port = 0
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
+    async def _serve(self, stop: asyncio.Event) -> None:
+        server = await asyncio.start_server(self._tunnel, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        self._loop.run_forever()
+        await stop.wait()
+        server.close()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -66,23 +65,6 @@ class ConnectProxy:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def __enter__(self) -> ConnectProxy:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    async def _shutdown(self) -> None:
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 @pytest.fixture

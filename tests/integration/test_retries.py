@@ -13,7 +13,6 @@ from tests.clocks import SigningClock
 from tests.faults import (
     answer,
     ok,
-    poll,
     reset_mid_body,
     sequence,
     signature_of,
@@ -21,7 +20,7 @@ from tests.faults import (
     throttle,
     xml_error,
 )
-from tests.support import raw_request
+from tests.support import poll, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
 

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,59 +13,11 @@ import pytest
 from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
 
-from proxy.app import ROUTES, SHARED, create_app, serve
-from proxy.config import Config
+from proxy.app import ROUTES, SHARED
 from proxy.local import ACCOUNT_ID, DEMO_SECRET, DEMO_SECRET_VALUE, REGION
 from tests.integration.test_query_services import PASS_ROLE, passthrough_role  # noqa: F401 (fixture)
-from tests.streaming import wait_for
-from tests.support import legacy_client, proxy_config
-
-
-class Serving:
-    """``serve(cfg)`` in a thread with its own loop; ``port`` and ``route_ports`` once bound."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.port = 0
-        self.route_ports: list[int] = []
-        self.app: Any = None
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by start()
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self.app = create_app(self.cfg)
-
-        def ready(port: int, admin_port: int | None) -> None:
-            self.port = port
-            self.route_ports = [route.port for route in self.app[ROUTES]]
-            self._ready.set()
-
-        await serve(self.cfg, app=self.app, ready=ready, stop=self._stop)
-
-    def start(self) -> Serving:
-        self._thread.start()
-        assert self._ready.wait(60), "serve() did not become ready"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        assert not self._thread.is_alive()
+from tests.serving import Served
+from tests.support import legacy_client, poll, proxy_config
 
 
 def sdk_client(service: str, port: int) -> Any:
@@ -82,7 +32,7 @@ def sdk_client(service: str, port: int) -> Any:
 
 
 @pytest.fixture
-def serving(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Serving]:  # noqa: F811
+def serving(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Served]:  # noqa: F811
     upstream = {"region": REGION, "endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
     cfg = proxy_config(
         emulator.server,
@@ -93,15 +43,12 @@ def serving(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Se
             {"port": 0, "upstream": {**upstream, "service": "sns"}, "policy": {"allow_actions": ["ListTopics"]}},
         ],
     )
-    server = Serving(cfg).start()
-    try:
+    with Served(cfg) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_each_route_serves_its_own_service_with_its_own_policy(
-    serving: Serving, emulator: Any, tmp_path_factory: pytest.TempPathFactory
+    serving: Served, emulator: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     main, sts_port, sns_port = serving.port, *serving.route_ports
     assert len({main, sts_port, sns_port}) == 3
@@ -130,7 +77,7 @@ def test_each_route_serves_its_own_service_with_its_own_policy(
     assert wrong.value.response["Error"]["Code"] == "InvalidAction"
 
 
-def test_routes_share_the_credentials_and_the_admin_endpoints_stay_on_the_main_listener(serving: Serving) -> None:
+def test_routes_share_the_credentials_and_the_admin_endpoints_stay_on_the_main_listener(serving: Served) -> None:
     import urllib.error
     import urllib.request
 
@@ -144,7 +91,7 @@ def test_routes_share_the_credentials_and_the_admin_endpoints_stay_on_the_main_l
         except urllib.error.HTTPError:
             return False
 
-    wait_for(ready, 30, "/readyz on the main listener")
+    poll(ready, 30, "/readyz on the main listener")
     with pytest.raises(urllib.error.HTTPError) as not_here:
         urllib.request.urlopen(f"http://127.0.0.1:{serving.route_ports[0]}/readyz", timeout=10)
     assert not_here.value.code == 404

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.faults import MeasuredProxy, by_secret, delayed, never, ok, poll
-from tests.support import raw_request
+from tests.faults import MeasuredProxy, by_secret, delayed, never, ok
+from tests.support import poll, raw_request
 
 SLOW = "/?Action=GetSecretValue&SecretId=slow&Version=2017-10-17"
 FAST = "/?Action=GetSecretValue&SecretId=fast&Version=2017-10-17"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.streaming import BigUpstream, MiB, ProxyProcess, RawClient, list_topics_form, proxy_sections, wait_for
+from tests.streaming import BigUpstream, MiB, ProxyProcess, RawClient, list_topics_form, proxy_sections
+from tests.support import poll
 
 RSS_GROWTH_LIMIT_KIB = 5 * 1000  # "less than 5 MB"
 
@@ -76,7 +77,7 @@ def test_an_upstream_that_breaks_off_gives_a_short_body_never_a_complete_looking
         assert client.read_all() < 2 * MiB
     finally:
         client.close()
-    wait_for(lambda: any(line["status"] == 502 for line in proxy_process.access_lines()), 10, "the 502 access line")
+    poll(lambda: any(line["status"] == 502 for line in proxy_process.access_lines()), 10, "the 502 access line")
     line = next(line for line in proxy_process.access_lines() if line["status"] == 502)
     assert line["upstream_status"] == 200 and line["action"] == "ListTopics"
 
@@ -110,7 +111,7 @@ def test_a_slow_reader_holds_memory_flat_and_the_upstream_is_released(
         sent_when_stalled = answer.sent
     finally:
         client.close()
-    wait_for(answer.aborted.is_set, 15, "the upstream connection to be released after the client left")
+    poll(answer.aborted.is_set, 15, "the upstream connection to be released after the client left")
     assert not answer.finished.is_set()
     # backpressure reached the upstream: far from all of the 50 MB left it
     assert sent_when_stalled < 25 * 1000 * 1000, sent_when_stalled
@@ -118,7 +119,7 @@ def test_a_slow_reader_holds_memory_flat_and_the_upstream_is_released(
         peak = max(peak, proxy_process.status_kib("VmHWM"))
     print(f"slow reader: RSS {baseline} -> peak {peak} KiB; upstream sent {sent_when_stalled} bytes of 50 MB")
     assert peak - baseline < RSS_GROWTH_LIMIT_KIB, f"RSS grew by {peak - baseline} KiB"
-    wait_for(lambda: any(line["status"] == 499 for line in proxy_process.access_lines()), 10, "the 499 access line")
+    poll(lambda: any(line["status"] == 499 for line in proxy_process.access_lines()), 10, "the 499 access line")
     warm_up(proxy_process)  # and the proxy still serves
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from tests.faults import ok, poll, proxy_environ
+from tests.faults import ok, proxy_environ
 from tests.process import ProxyProcess
-from tests.support import raw_request
+from tests.support import poll, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
 
