@@ -39,7 +39,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.clocks import ManualClock
-from tests.support import poll
+from tests.support import merged_config, poll
 
 ACCOUNT = "123456789012"
 STS_NS = "https://sts.amazonaws.com/doc/2011-06-15/"
@@ -585,7 +585,6 @@ class FakeAWS:
     def start_proxy(self, **sections: Any) -> Any:
         """The proxy against the fakes, on the fake clock; ``sections`` override the config."""
         from proxy.app import create_app
-        from proxy.config import Config, build, check
 
         data: dict[str, Any] = {
             "listen": {"host": "127.0.0.1", "port": 0},
@@ -595,10 +594,7 @@ class FakeAWS:
                 "ca_bundle": self.ca_file,
             },
         }
-        for key, value in sections.items():
-            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-        cfg = build(Config, data)
-        check(cfg)
+        cfg = merged_config(data, sections)
         proxy = self._server_thread(lambda: create_app(cfg, clock=self.clock)).__enter__()
         self.proxies.append(proxy)
         return proxy

@@ -43,10 +43,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from proxy.app import create_app
-from proxy.config import Config, build, check
+from proxy.config import Config
 from proxy.local import REGION, clean_aws_environ
 from tests.process import ProxyProcess
-from tests.support import ServerThread
+from tests.support import ReceivedRequest, ServerThread, merged_config
 
 ACCESS_KEY = "AKIDFAULTTESTS000001"
 SECRET_KEY = "fault-tests-secret-key-not-a-real-one"
@@ -80,7 +80,7 @@ class Certs:
 
 
 @dataclass(frozen=True)
-class Seen:
+class Seen(ReceivedRequest):
     """One request as the fault server received it; ``index`` counts from 1."""
 
     index: int
@@ -88,15 +88,6 @@ class Seen:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     received: float = field(default_factory=time.monotonic)
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 Behaviour = Callable[[web.Request, Seen], Awaitable[web.StreamResponse]]
@@ -471,14 +462,7 @@ def fault_config(url: str, ca_file: str | None, **sections: Any) -> Config:
         },
         "policy": {"allow_actions": ["*"]},
     }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    cfg: Config = build(Config, data)
-    check(cfg)
-    return cfg
+    return merged_config(data, sections)
 
 
 def proxy_environ() -> dict[str, str]:

@@ -19,26 +19,20 @@ from typing import Any
 import trustme
 from aiohttp import web
 
-from proxy.config import Config, build, check
-from tests.support import ServerThread
+from proxy.config import Config
+from tests.support import ReceivedRequest, ServerThread, merged_config
 
 REQUEST_ID = "11111111-2222-3333-4444-555555555555"
 
 
 @dataclass(frozen=True)
-class Recorded:
+class Recorded(ReceivedRequest):
     """One request as the upstream received it; ``headers`` in arrival order, names as sent."""
 
     method: str
     path: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
 
     @property
     def operation(self) -> str:
@@ -51,9 +45,6 @@ class Recorded:
             if "SignedHeaders=" in part:
                 return part.split("SignedHeaders=", 1)[1].split(";")
         return []
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 Answer = Callable[[Recorded], web.StreamResponse]
@@ -130,11 +121,4 @@ def recorder_config(recorder: RecordingUpstream, **sections: Any) -> Config:
         "listen": {"host": "127.0.0.1", "port": 0},
         "upstream": {"region": "us-east-1", "endpoint_url": recorder.url, "ca_bundle": recorder.ca_file},
     }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    cfg: Config = build(Config, data)
-    check(cfg)
-    return cfg
+    return merged_config(data, sections)

@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -184,6 +184,29 @@ def legacy_client(url: str, tmp_root: str, service: str = "secretsmanager", veri
     )
 
 
+def first_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The value of the first header called ``name`` (names compared without case), or None."""
+    wanted = name.lower()
+    for k, v in headers:
+        if k.lower() == wanted:
+            return v
+    return None
+
+
+class ReceivedRequest:
+    """``header()`` and ``json()`` for a request a test server kept: ``headers`` as (name, value) pairs in
+    arrival order, ``body`` as bytes (the fields of the dataclasses that use this)."""
+
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return first_header(self.headers, name)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
 @dataclass(frozen=True)
 class RawResponse:
     status: int
@@ -191,10 +214,7 @@ class RawResponse:
     body: bytes
 
     def header(self, name: str) -> str | None:
-        for k, v in self.headers.items():
-            if k.lower() == name.lower():
-                return v
-        return None
+        return first_header(self.headers.items(), name)
 
 
 def raw_request(
@@ -236,6 +256,13 @@ def proxy_config(moto: MotoServer, **sections: Any) -> Config:
         "upstream": {"region": REGION, "endpoint_url": moto.url, "ca_bundle": moto.ca_file},
         "credentials": {"role_arn": DEMO_ROLE_ARN, "role_session_name": "tests"},
     }
+    return merged_config(data, sections)
+
+
+def merged_config(base: dict[str, Any], sections: dict[str, Any]) -> Config:
+    """The Config of ``base`` with ``sections`` merged over it: a dict section over a dict updates that section's
+    keys, anything else replaces it. Built and checked as the CLI does (ConfigError names the key)."""
+    data = dict(base)
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
