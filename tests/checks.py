@@ -1,5 +1,5 @@
 """Assertions shared by the integration tests: an answer is the SPEC section 6 ErrorResponse, read the way a
-legacy SDK reads it (botocore's QueryParser)."""
+legacy SDK reads it (botocore's QueryParser); the keys of an access line (SPEC section 7)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,21 @@ from typing import Any
 from botocore.parsers import QueryParser
 
 from tests.support import RawResponse
+
+# every key of the JSON access line, one per request (SPEC section 7)
+ACCESS_LINE_KEYS = frozenset(
+    {
+        "time",
+        "level",
+        "request_id",
+        "action",
+        "secret_id",
+        "status",
+        "upstream_status",
+        "duration_ms",
+        "attempts",
+    }
+)
 
 
 def parse_error(resp: RawResponse) -> dict[str, Any]:

@@ -15,21 +15,11 @@ import pytest
 import yaml
 
 from proxy.local import DEMO_ROLE_ARN, DEMO_SECRET, DEMO_SECRET_VALUE, REGION
+from tests.checks import ACCESS_LINE_KEYS
 from tests.conftest import Emulator
 from tests.process import ProxyProcess, console_script
 from tests.support import raw_request
 
-ACCESS_KEYS = {
-    "time",
-    "level",
-    "request_id",
-    "action",
-    "secret_id",
-    "status",
-    "upstream_status",
-    "duration_ms",
-    "attempts",
-}
 LEVELS = ["debug", "info", "warning", "error"]
 
 
@@ -80,7 +70,7 @@ def test_access_lines_per_spec(emulator_env: Emulator, tmp_path: Path) -> None:
     assert len(access) == 3, access
     assert [a[0] for a in answers] == [200, 404, 400]  # moto answers not-found with 404 (TESTING.md)
     for line, (status, header_id, xml_id) in zip(access, answers, strict=True):
-        assert set(line) == ACCESS_KEYS, line
+        assert set(line) == ACCESS_LINE_KEYS, line
         assert line["level"] == "info"
         assert line["status"] == status
         assert header_id and line["request_id"] == header_id == xml_id

@@ -20,6 +20,7 @@ import pytest
 
 from proxy import logs
 from proxy.app import SHARED
+from tests.checks import ACCESS_LINE_KEYS
 from tests.support import legacy_client, poll, raw_request
 
 TOKEN_HEADER = "X-Proxy-Token"
@@ -121,17 +122,7 @@ def test_debug_logs_hold_no_credentials_signatures_tokens_or_secret_values(
     access = access_lines()
     assert len(access) == 10, access
     for line in access:
-        assert {
-            "time",
-            "level",
-            "request_id",
-            "action",
-            "secret_id",
-            "status",
-            "upstream_status",
-            "duration_ms",
-            "attempts",
-        } <= set(line)
+        assert ACCESS_LINE_KEYS <= set(line), line
     assert any(line.get("logger", "").startswith("proxy.credentials") for line in lines)
 
     forbidden = {
