@@ -45,7 +45,7 @@ from botocore.credentials import ReadOnlyCredentials
 from proxy.app import create_app
 from proxy.config import Config
 from proxy.local import REGION, clean_aws_environ
-from tests.process import ProxyProcess
+from tests.process import ProxyProcess, proc_status_kib
 from tests.support import ReceivedRequest, ServerThread, merged_config
 
 ACCESS_KEY = "AKIDFAULTTESTS000001"
@@ -496,18 +496,11 @@ class MeasuredProxy(ProxyProcess):
     def access_lines(self) -> list[dict[str, Any]]:
         return [line for line in self.lines() if "attempts" in line and "status" in line]
 
-    def status_kb(self, key: str) -> int:
-        """A ``/proc/<pid>/status`` figure in kB (``VmRSS``, ``VmHWM``)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        raise KeyError(key)
-
     def rss_bytes(self) -> int:
-        return self.status_kb("VmRSS") * 1024
+        return proc_status_kib(self.pid, "VmRSS") * 1024
 
     def peak_rss_bytes(self) -> int:
-        return self.status_kb("VmHWM") * 1024
+        return proc_status_kib(self.pid, "VmHWM") * 1024
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))

@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from proxy.local import clean_aws_environ
+from tests.process import proc_status_kib
 from tests.support import ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,10 +135,7 @@ class ProxyProcess:
 
     def status_kib(self, key: str) -> int:
         """A ``/proc/<pid>/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        raise KeyError(key)
+        return proc_status_kib(self.process.pid, key)
 
     def reset_peak(self) -> bool:
         """Reset VmHWM to the current RSS (``clear_refs`` 5, Linux 4.0+); False where that is not allowed."""

@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 
 from proxy import __version__
 from proxy.local import DEMO_SECRET_VALUE, clean_aws_environ
+from tests.process import reaped
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "proxy"]
@@ -90,16 +91,20 @@ def read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeou
     raise AssertionError(f"pattern not seen; stdout so far: {seen!r}")
 
 
-def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
-    """SPEC section 8, as the README runs it: the printed curl URL answers GetSecretValueResponse XML."""
-    proc = subprocess.Popen(
+def start_local() -> subprocess.Popen[bytes]:
+    """``query-signing-proxy local`` on a free loopback port, its stdout (with the curl line) piped."""
+    return subprocess.Popen(
         [*CLI, "local", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=clean_aws_environ(),
         cwd=ROOT,
     )
-    try:
+
+
+def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
+    """SPEC section 8, as the README runs it: the printed curl URL answers GetSecretValueResponse XML."""
+    with reaped(start_local()) as proc:
         m = read_until(proc, re.compile(rb"curl -s '([^']+)'"), timeout=120)
         url = m.group(1).decode()
         assert url.startswith("http://127.0.0.1:") and "Action=GetSecretValue" in url
@@ -111,10 +116,6 @@ def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
         assert root.findtext(f"{ns}GetSecretValueResult/{ns}SecretString") == DEMO_SECRET_VALUE
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def busy_port() -> socket.socket:
@@ -155,14 +156,7 @@ def readme_quick_start_sdk_command() -> str:
 
 
 def test_the_readme_quick_start_sdk_command_reads_the_demo_secret() -> None:
-    proc = subprocess.Popen(
-        [*CLI, "local", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=clean_aws_environ(),
-        cwd=ROOT,
-    )
-    try:
+    with reaped(start_local()) as proc:
         port = read_until(proc, re.compile(rb"curl -s 'http://127\.0\.0\.1:(\d+)/"), timeout=120).group(1).decode()
         command = readme_quick_start_sdk_command().replace("127.0.0.1:8977", f"127.0.0.1:{port}")
         command = command.replace(".venv/bin/python", sys.executable)
@@ -173,10 +167,6 @@ def test_the_readme_quick_start_sdk_command_reads_the_demo_secret() -> None:
         assert out.stdout.strip() == DEMO_SECRET_VALUE
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_the_shipped_configs_check_with_a_region_as_the_readme_says() -> None:

@@ -22,6 +22,7 @@ from proxy.app import create_app
 from proxy.credentials import static_fetch
 from tests.checks import assert_error
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, StartRecorded
+from tests.process import reaped
 from tests.recorder import RecordingUpstream, recorder_config
 from tests.serving import Served
 from tests.support import legacy_client, raw_request
@@ -68,8 +69,7 @@ def test_allow_insecure_http_warns_at_every_start(tmp_path: Path) -> None:
         "upstream": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:9", "allow_insecure_http": True},
     }
     for _ in range(2):
-        proc = subprocess.Popen(cli(tmp_path, config), env=env(), stderr=subprocess.PIPE, text=True)
-        try:
+        with reaped(subprocess.Popen(cli(tmp_path, config), env=env(), stderr=subprocess.PIPE, text=True)) as proc:
             assert proc.stderr is not None
             seen: list[dict[str, Any]] = []
             deadline = time.monotonic() + 60
@@ -84,10 +84,6 @@ def test_allow_insecure_http_warns_at_every_start(tmp_path: Path) -> None:
             assert len(warnings) == 1, seen
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_upstream_tls_is_verified(start_recorded: StartRecorded, recording: RecordingUpstream, tmp_path: Path) -> None:
