@@ -43,8 +43,7 @@ from .translate import (
     InputLimits,
     Translator,
     check_range,
-    is_read_operation,
-    secret_ids,
+    operation_of,
     upstream_error,
     visible_output,
 )
@@ -226,14 +225,7 @@ def decode_json_input(doc: Any, operation: OperationModel, limits: InputLimits =
 
 def decode_sdk_call(translator: Translator, op: OperationModel, body: bytes) -> Operation:
     """An SDK call's body as the :class:`~proxy.models.Operation` the policy and the serializer take."""
-    data = decode_json_input(load_json(body), op, translator.limits)
-    return Operation(
-        name=op.name,
-        input=data,
-        secret_ids=tuple(secret_ids(op.input_shape, data)),
-        is_read=is_read_operation(op.name),
-        retryable=is_read_operation(op.name) or bool(op.idempotent_members),
-    )
+    return operation_of(op, decode_json_input(load_json(body), op, translator.limits))
 
 
 # ---------------------------------------------------------------------------------------------------------

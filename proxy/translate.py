@@ -408,6 +408,19 @@ def is_read_operation(name: str) -> bool:
     return name.startswith(READ_PREFIXES)
 
 
+def operation_of(op: OperationModel, data: dict[str, Any]) -> Operation:
+    """The :class:`~proxy.models.Operation` for ``op`` with its decoded input ``data`` (from the Query
+    parameters or an SDK call's JSON body alike): the secret ids it names, whether it is a read, and whether it
+    may be retried (SPEC section 5: a read, or a write whose input has an idempotency token)."""
+    return Operation(
+        name=op.name,
+        input=data,
+        secret_ids=tuple(secret_ids(op.input_shape, data)),
+        is_read=is_read_operation(op.name),
+        retryable=is_read_operation(op.name) or bool(op.idempotent_members),
+    )
+
+
 class Translator:
     """awsQuery <-> AWS JSON 1.1 for one service model; built once at start-up, shared by all requests.
 
@@ -447,14 +460,7 @@ class Translator:
     def decode(self, action: str, version: str | None, params: Iterable[tuple[str, str]]) -> Operation:
         """Validate ``Action``/``Version`` and decode the parameters (see :func:`decode_input`)."""
         op = self.operation_model(action, version)
-        data = decode_input(params, op, self.limits)
-        return Operation(
-            name=op.name,
-            input=data,
-            secret_ids=tuple(secret_ids(op.input_shape, data)),
-            is_read=is_read_operation(op.name),
-            retryable=is_read_operation(op.name) or bool(op.idempotent_members),
-        )
+        return operation_of(op, decode_input(params, op, self.limits))
 
     def json_request(self, operation: Operation) -> tuple[dict[str, str], bytes]:
         """The AWS JSON 1.1 request (headers ``X-Amz-Target`` and ``Content-Type``, body) for an operation."""
