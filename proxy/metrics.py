@@ -11,6 +11,8 @@ M = TypeVar("M", Counter, Histogram, Gauge)
 
 PREFIX = "query_signing_proxy"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# the request and the upstream duration share their buckets, so the two histograms compare bucket by bucket
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,14 @@ class Metrics:
                 "Time to answer a request",
                 ["action"],
                 registry=r,
-                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                buckets=SECONDS_BUCKETS,
             ),
             upstream_duration=Histogram(
                 f"{PREFIX}_upstream_duration_seconds",
                 "Time spent waiting on the upstream for one request, all attempts",
                 ["action"],
                 registry=r,
-                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                buckets=SECONDS_BUCKETS,
             ),
             upstream_attempts=Histogram(
                 f"{PREFIX}_upstream_attempts",
