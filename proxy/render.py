@@ -210,7 +210,7 @@ def _scalar(shape: Shape) -> Render:
     from .translate import xml_text
 
     kind = shape.type_name
-    if kind == "string":
+    if kind in ("string", "blob"):  # a blob is base64 text in JSON 1.1 and the same text in Query XML
 
         def render(value: Any, name: str, out: list[str], keep: Keep) -> None:
             if type(value) is not str:
@@ -248,13 +248,6 @@ def _scalar(shape: Shape) -> Render:
             except (ValueError, OverflowError, OSError):
                 raise Fallback from None
             out.append(f"<{name}>{text}</{name}>")
-
-    elif kind == "blob":
-
-        def render(value: Any, name: str, out: list[str], keep: Keep) -> None:
-            if type(value) is not str:
-                raise Fallback
-            out.append(f"<{name}>{xml_text(value, name)}</{name}>")
 
     else:
         raise _Unsupported(kind)
