@@ -139,24 +139,25 @@ class _Decoder:
                 raise errors.MissingParameter(f"{f'{path}.{required}' if path else required} is required")
         return out
 
+    def check_count(self, shape: Shape, count: int, path: str, what: str) -> None:
+        """A list's items or a map's entries (``what``): at most ``limits.max_list_members``, and within the
+        model's ``min``/``max``. Raises InvalidParameterValue naming ``path``."""
+        if count > self.limits.max_list_members:
+            raise errors.InvalidParameterValue(
+                f"{path}: {count} {what} is over limits.max_list_members ({self.limits.max_list_members})"
+            )
+        check_range(shape, count, path, f"the number of {what}")
+
     def list(self, shape: ListShape, value: Any, path: str) -> list[Any]:
         if not isinstance(value, list):
             raise errors.InvalidParameterValue(f"{path}: must be a JSON array")
-        if len(value) > self.limits.max_list_members:
-            raise errors.InvalidParameterValue(
-                f"{path}: {len(value)} items is over limits.max_list_members ({self.limits.max_list_members})"
-            )
-        check_range(shape, len(value), path, "the number of items")
+        self.check_count(shape, len(value), path, "items")
         return [self.decode(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
 
     def map(self, shape: MapShape, value: Any, path: str) -> dict[Any, Any]:
         if not isinstance(value, dict):
             raise errors.InvalidParameterValue(f"{path}: must be a JSON object")
-        if len(value) > self.limits.max_list_members:
-            raise errors.InvalidParameterValue(
-                f"{path}: {len(value)} entries is over limits.max_list_members ({self.limits.max_list_members})"
-            )
-        check_range(shape, len(value), path, "the number of entries")
+        self.check_count(shape, len(value), path, "entries")
         return {
             self.decode(shape.key, k, f"{path} key"): self.decode(shape.value, v, f"{path}.{k}")
             for k, v in value.items()
