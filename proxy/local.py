@@ -173,6 +173,11 @@ class DemoAccount:
     role_arn: str = DEMO_ROLE_ARN
 
 
+def policy_document(*statements: dict[str, Any]) -> str:
+    """An IAM policy document (JSON text, policy language version 2012-10-17) with these statements."""
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
 def seed_demo(moto: MotoServer, secrets: dict[str, str] | None = None) -> DemoAccount:
     """Create the demo user (allowed to assume the role), the role (allowed secretsmanager:*) and secrets.
 
@@ -183,38 +188,23 @@ def seed_demo(moto: MotoServer, secrets: dict[str, str] | None = None) -> DemoAc
     iam.put_user_policy(
         UserName=DEMO_USER,
         PolicyName="assume-demo-role",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
-            }
-        ),
+        PolicyDocument=policy_document({"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}),
     )
     key = iam.create_access_key(UserName=DEMO_USER)["AccessKey"]
     iam.create_role(
         RoleName=DEMO_ROLE,
-        AssumeRolePolicyDocument=json.dumps(
+        AssumeRolePolicyDocument=policy_document(
             {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER}"},
-                        "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
-                    }
-                ],
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER}"},
+                "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
             }
         ),
     )
     iam.put_role_policy(
         RoleName=DEMO_ROLE,
         PolicyName="secrets",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}],
-            }
-        ),
+        PolicyDocument=policy_document({"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}),
     )
     sm = moto.client("secretsmanager")
     for name, value in (secrets if secrets is not None else {DEMO_SECRET: DEMO_SECRET_VALUE}).items():

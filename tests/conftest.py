@@ -3,7 +3,6 @@ on a real port, and the legacy (awsQuery, unsigned) client."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.app import create_app
-from proxy.local import REGION, DemoAccount, MotoServer, seed_demo
+from proxy.local import REGION, DemoAccount, MotoServer, policy_document, seed_demo
 from tests.support import ServerThread, legacy_client, proxy_config
 
 pytest_plugins = ("tests.faults",)  # fault servers and their fixtures
@@ -62,9 +61,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
         iam.put_user_policy(
             UserName="test-admin",
             PolicyName="all",
-            PolicyDocument=json.dumps(
-                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-            ),
+            PolicyDocument=policy_document({"Effect": "Allow", "Action": "*", "Resource": "*"}),
         )
         admin_key = iam.create_access_key(UserName="test-admin")["AccessKey"]
         server.set_auth(True)

@@ -11,7 +11,6 @@ Operations moto does not implement are not covered here (see SKIPPED).
 from __future__ import annotations
 
 import io
-import json
 import re
 import uuid
 import zipfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from proxy.local import ACCOUNT_ID
+from proxy.local import ACCOUNT_ID, policy_document
 
 # Operations of botocore's secretsmanager model that moto's server does not implement.
 SKIPPED = {
@@ -31,17 +30,12 @@ SKIPPED = {
     "ValidateResourcePolicy": "not implemented by moto",
 }
 
-POLICY = json.dumps(
+POLICY = policy_document(
     {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
-                "Action": "secretsmanager:*",
-                "Resource": "*",
-            }
-        ],
+        "Effect": "Allow",
+        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
+        "Action": "secretsmanager:*",
+        "Resource": "*",
     }
 )
 
@@ -160,13 +154,8 @@ def ensure_rotation_lambda(emulator: Any) -> str:
         pass
     role = iam.create_role(
         RoleName="parity-rotation",
-        AssumeRolePolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-                ],
-            }
+        AssumeRolePolicyDocument=policy_document(
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
         ),
     )["Role"]["Arn"]
     code = io.BytesIO()

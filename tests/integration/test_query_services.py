@@ -15,7 +15,7 @@ from botocore import UNSIGNED
 from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
 
-from proxy.local import ACCOUNT_ID, DEMO_USER, REGION
+from proxy.local import ACCOUNT_ID, DEMO_USER, REGION, policy_document
 from tests.support import ServerThread, raw_request
 
 PASS_ROLE = "query-passthrough"
@@ -34,29 +34,19 @@ def passthrough_role(emulator: Any) -> str:
         pass
     iam.create_role(
         RoleName=PASS_ROLE,
-        AssumeRolePolicyDocument=json.dumps(
+        AssumeRolePolicyDocument=policy_document(
             {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER}"},
-                        "Action": ["sts:AssumeRole", "sts:TagSession"],
-                    }
-                ],
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER}"},
+                "Action": ["sts:AssumeRole", "sts:TagSession"],
             }
         ),
     )
     iam.put_role_policy(
         RoleName=PASS_ROLE,
         PolicyName="passthrough",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Action": ["sns:*", "sts:*", "iam:*", "secretsmanager:*"], "Resource": "*"}
-                ],
-            }
+        PolicyDocument=policy_document(
+            {"Effect": "Allow", "Action": ["sns:*", "sts:*", "iam:*", "secretsmanager:*"], "Resource": "*"}
         ),
     )
     return PASS_ROLE_ARN
