@@ -41,6 +41,11 @@ SIGNING_PARAMETERS = frozenset(
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 # Names query_request takes out of the parameters (as bytes): not counted against limits.max_parameters.
 _UNCOUNTED = frozenset(name.encode() for name in (*SIGNING_PARAMETERS, "Action", "Version"))
+# A request is also refused when it holds more than RAW_PAIRS_FACTOR * max_parameters + len(_UNCOUNTED)
+# name=value pairs in all, whatever their names: room for every parameter, Action, Version and each signing
+# parameter once, and as many again, while 23,000 repeated ``Signature=&`` (a 256 KiB body, ~40-60 ms of
+# decoding, all dropped afterwards) are refused unread.
+RAW_PAIRS_FACTOR = 2
 _PART = re.compile(rb"[^&]+")
 # A body of at most limits.max_body_bytes from a client on loopback arrives in milliseconds; one that stops
 # arriving would hold its limits.max_concurrent_requests slot (and the connection) for ever.
@@ -75,20 +80,32 @@ def too_many_parameters(max_parameters: int) -> errors.InvalidParameterValue:
     return errors.InvalidParameterValue(f"more than limits.max_parameters ({max_parameters}) parameters in one request")
 
 
+def max_raw_pairs(max_parameters: int) -> int:
+    """How many non-empty ``name=value`` pairs one request may hold in all, Action, Version and signing
+    parameters included: ``RAW_PAIRS_FACTOR * max_parameters`` plus one of each name that is not counted."""
+    return RAW_PAIRS_FACTOR * max_parameters + len(_UNCOUNTED)
+
+
 def check_parameter_count(max_parameters: int, *sources: bytes) -> None:
     """Refuse a raw query string and form body holding more than ``max_parameters`` parameters before any of
     it is decoded: a 256 KiB body of 100,000 ``a=&`` pairs would otherwise be decoded whole first.
 
     Counts what :func:`query_request` keeps as parameters: non-empty ``&``-separated parts not named
-    ``Action``, ``Version`` or a signing parameter (names compared after percent-decoding). Costs one
-    ``bytes.count`` per source while the ``&`` separators are within the limit, else a scan that stops at
-    the first part over it. Raises InvalidParameterValue (:func:`too_many_parameters`).
+    ``Action``, ``Version`` or a signing parameter (names compared after percent-decoding). Also refuses more
+    than :func:`max_raw_pairs` non-empty parts in all, whatever their names (the signing parameters are
+    dropped after decoding, so repeating them would otherwise pad a body that is decoded whole). Costs one
+    ``bytes.count`` per source while the ``&`` separators are within ``max_parameters``, else a scan that
+    stops at the first part over either bound. Raises InvalidParameterValue (:func:`too_many_parameters`).
     """
     if sum(raw.count(b"&") + 1 for raw in sources if raw) <= max_parameters:
         return
-    counted = 0
+    raw_limit = max_raw_pairs(max_parameters)
+    counted = pairs = 0
     for raw in sources:
         for part in _PART.finditer(raw):
+            pairs += 1
+            if pairs > raw_limit:
+                raise too_many_parameters(max_parameters)
             name = part.group().partition(b"=")[0]
             if b"%" in name or b"+" in name:
                 name = unquote_to_bytes(name.replace(b"+", b" "))

@@ -283,6 +283,24 @@ def test_100000_pairs_are_refused_on_their_count(proxy: Listener) -> None:
     assert error["Message"] == "more than limits.max_parameters (8) parameters in one request"
 
 
+def chunked(body: bytes, size: int = 4096) -> bytes:
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def test_signing_parameters_repeated_to_pad_a_chunked_body_are_refused_on_their_count(proxy: Listener) -> None:
+    # limits.max_parameters 8: at most 2 * 8 + 16 pairs in all, Action, Version and signing parameters included
+    over = f"Action=ListSecrets&{Q}&".encode() + b"Signature=&" * 20_000  # 220 KB, under limits.max_body_bytes
+    headers = {**FORM, "Transfer-Encoding": "chunked"}
+    error = assert_error(proxy.request("POST", "/", chunked(over), headers), 400, "InvalidParameterValue")
+    assert error["Message"] == "more than limits.max_parameters (8) parameters in one request"
+    # within the bound, split over the query string and a chunked body: dropped, never an error
+    within = b"&".join(b"SecretId=app%2Fa" if i == 0 else b"X-Amz-Date=x" for i in range(30))  # 32 pairs in all
+    resp = proxy.request("POST", get(f"Action=DescribeSecret&{Q}"), chunked(within, 64), headers)
+    assert resp.status == 200, resp.body[:300]
+    assert [call.operation for call in proxy.upstream.take()] == ["DescribeSecret"]
+
+
 def test_missing_token_is_access_denied(proxy: Listener) -> None:
     error = assert_error(proxy.request("GET", get(f"Action=ListSecrets&{Q}"), token=False), 403, "AccessDenied")
     assert TOKEN_HEADER in error["Message"]

@@ -145,3 +145,67 @@ def test_over_the_count_wins_over_a_decoding_error() -> None:
         query_request("GET", b"a=%&b=%C3%28&c=", None, max_parameters=2)
     with pytest.raises(errors.MalformedQueryString):
         query_request("GET", b"a=%&b=%C3%28", None, max_parameters=2)
+
+
+# the same count as the rule after decoding, on any raw input; the bound on pairs in all
+
+_RAW_PIECES = [
+    *(b"a", b"b=1", b"Filters.member.1.Key", b"x", b"=", b"+", b";", b"%", b"%41", b"%2B", b"%26", b"%3D"),
+    *(b"Action", b"%41ction", b"Act%69on", b"Action+", b"+Action", b"Version", b"Versio%6E", b"Signature"),
+    *(b"Sig%6eature", b"Signature%3D", b"X-Amz-Date", b"x-amz-date", b"%C3%A9", b"%C3", b"\xff", b"\xc3\xa9"),
+    *(b"&", b"&&", b"=&", b"&Signature=&" * 6),
+]
+_RAW = st.lists(st.sampled_from(_RAW_PIECES), max_size=24).map(b"".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_RAW, _RAW, st.integers(1, 8), st.booleans())
+def test_the_early_count_never_refuses_what_the_rule_accepts(query: bytes, body: bytes, limit: int, post: bool) -> None:
+    """Percent-encoded names (``%41ction``), ``+``, ``;`` (not a separator), bare keys, empty parts, escaped
+    separators, non-UTF-8 bytes, in the query string and the body: the count before decoding refuses what the
+    rule after it refuses, with its message, and besides only more than ``max_raw_pairs`` pairs in all. A
+    decoding error or a repeated Action/Version may be found first by either."""
+    method, form = ("POST", body) if post else ("GET", None)
+    pairs = sum(1 for raw in (query, form or b"") for part in raw.split(b"&") if part)
+    try:
+        later = query_request(method, query, form)
+    except (errors.MalformedQueryString, errors.InvalidParameterValue):
+        later = None  # undecodable, or Action/Version twice: the count may win, nothing else may be accepted
+    try:
+        early = query_request(method, query, form, max_parameters=limit)
+    except errors.InvalidParameterValue as exc:
+        if later is not None:
+            assert len(later.params) > limit or pairs > parse.max_raw_pairs(limit), (query, form, limit)
+            assert exc.message == parse.too_many_parameters(limit).message
+        return
+    except errors.MalformedQueryString:
+        assert later is None
+        return
+    assert later is not None and early == later
+    assert len(early.params) <= limit and pairs <= parse.max_raw_pairs(limit)
+
+
+def test_pairs_in_all_are_bounded_whatever_their_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """23,000 ``Signature=&`` (dropped after decoding) are refused unread; up to the bound they are dropped as
+    before: every parameter, Action, Version and each signing parameter once, and as many again."""
+    decoded: list[bytes] = []
+    real = parse.decode_form
+    monkeypatch.setattr(parse, "decode_form", lambda raw, where: decoded.append(raw) or real(raw, where))
+    assert parse.max_raw_pairs(5) == 2 * 5 + len(SIGNING_PARAMETERS) + 2
+    head = b"Action=ListSecrets&Version=2017-10-17&" + b"&".join(f"{n}=x".encode() for n in sorted(SIGNING_PARAMETERS))
+    params = b"&".join(b"Filters.member.%d.Key=name" % i for i in range(1, 6))
+    at_bound = head + b"&" + params + b"&" + b"Signature=&" * 5
+    q = query_request("POST", b"", at_bound, max_parameters=5)
+    assert q.action == "ListSecrets" and len(q.params) == 5
+    with pytest.raises(errors.InvalidParameterValue) as info:
+        query_request("POST", b"", at_bound + b"X-Amz-Date=", max_parameters=5)
+    assert info.value.message == parse.too_many_parameters(5).message
+    decoded.clear()
+    with pytest.raises(errors.InvalidParameterValue) as info:
+        query_request("POST", b"Action=ListSecrets", b"Signature=&" * 23_000, max_parameters=1000)
+    assert info.value.message == "more than limits.max_parameters (1000) parameters in one request"
+    assert decoded == []
+    # split over the query string and the body, the pairs of both count
+    with pytest.raises(errors.InvalidParameterValue):
+        query_request("POST", b"Signature=&" * 1008, b"Signature=&" * 1009, max_parameters=1000)
+    assert len(query_request("POST", b"Signature=&" * 1008, b"Signature=&" * 1008, max_parameters=1000).params) == 0
