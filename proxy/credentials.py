@@ -59,6 +59,11 @@ RETRY_MAX_SECONDS = 60.0
 RETRY_MAX_EXPONENT = 16
 # The refresher never re-reads the schedule more often than this (a tiny jitter is not a busy loop).
 MIN_WAIT_SECONDS = 0.1
+# ... and never less often than this. Its sleep runs on the event loop's monotonic clock while the schedule is
+# in ``clock`` seconds (epoch): a wall clock stepped forward (NTP, a VM or laptop resumed: the monotonic clock
+# does not count suspended time) would otherwise leave expired credentials unreplaced, and /readyz at 503, for
+# the rest of a sleep of up to half the credentials' lifetime.
+MAX_WAIT_SECONDS = 10.0
 # A snapshot fetched because the upstream refused its predecessor, and refused in turn, is not replaced again
 # before this many seconds have passed since its fetch: the refusal is not about its age (a clock far off, a
 # role whose sessions are revoked, an endpoint of another partition), and fetching again for every request
@@ -403,7 +408,7 @@ class CredentialManager:
             if snap.refresh_due(now):
                 self._wake.set()
             return snap
-        if self._failures and (self._inflight is not None or now < self._retry_at):
+        if self._failures and (self._inflight is not None or not self._retry_due(now)):
             raise errors.CredentialsUnavailable(self._unavailable())
         return await self.refresh()
 
@@ -423,7 +428,7 @@ class CredentialManager:
             elif self._usable(current, now):
                 assert current is not None
                 return current
-            if self._inflight is None and self._failures and now < self._retry_at:
+            if self._inflight is None and self._failures and not self._retry_due(now):
                 raise errors.CredentialsUnavailable(self._unavailable())
         task = self._inflight or self._start_refresh()
         snap = await asyncio.shield(task)
@@ -436,6 +441,12 @@ class CredentialManager:
         itself fetched because the upstream refused its predecessor, less than :data:`REFUSED_AGAIN_SECONDS`
         ago. The caller then answers with the upstream's refusal instead of calling STS once per request."""
         return rejected is not self._forced or self._clock() - rejected.issued >= REFUSED_AGAIN_SECONDS
+
+    def _retry_due(self, now: float) -> bool:
+        """Whether the backoff after the last failed fetch is over at ``now`` (clock seconds). A retry more
+        than RETRY_MAX_SECONDS away means the clock was stepped back after the failure: the backoff is over
+        then too, or a clock stepped back an hour would hold every retry (and requests) off for that hour."""
+        return now >= self._retry_at or self._retry_at - now > RETRY_MAX_SECONDS
 
     def _unavailable(self) -> str:
         return f"no valid AWS credentials, retrying in the background ({self.unready_reason()})"
@@ -496,10 +507,12 @@ class CredentialManager:
         self.on_refresh("error", None)
 
     def _next_refresh(self) -> float | None:
-        """Clock second of the next background fetch: after a failure, the end of its backoff; else the
-        snapshot's refresh time (now when there is none or it was refused); None when it never expires."""
+        """Clock second of the next background fetch: after a failure, the end of its backoff (now once the
+        clock was stepped back past the failure, see :meth:`_retry_due`); else the snapshot's refresh time (now
+        when there is none or it was refused); None when it never expires."""
         if self._failures:
-            return self._retry_at
+            now = self._clock()
+            return now if self._retry_due(now) else self._retry_at
         snap = self._snapshot
         if snap is None or snap is self._rejected:
             return self._clock()
@@ -528,7 +541,8 @@ class CredentialManager:
                     await self.refresh()
                 continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if due is None else max(due - now, MIN_WAIT_SECONDS)):
+                wait = None if due is None else min(max(due - now, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS)
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.credentials import AssumeRoleCredentialFetcher, Credentials, RefreshableCredentials
 
-from proxy import errors
+from proxy import credentials, errors
 from proxy.config import CredentialsConfig, default_session_name
 from proxy.credentials import (
     RETRY_MAX_SECONDS,
@@ -191,6 +191,68 @@ def test_seconds_until_expiry() -> None:
     assert manager.seconds_until_expiry() == 800.0
     manager._snapshot = Snapshot("AKIA1", "s")
     assert manager.seconds_until_expiry() == float("inf")
+
+
+async def test_a_clock_stepped_back_during_an_outage_does_not_stretch_the_backoff() -> None:
+    """NTP steps the clock back an hour right after a failed fetch: the retry was due 1 s later on the old
+    clock. Without a bound it would be an hour away, and every request until then CredentialsUnavailable."""
+    clock = ManualClock()
+    source = Source(clock)
+    manager = CredentialManager(source, clock=clock, rand=lambda: 0.5)
+    source.failing = True
+    with pytest.raises(errors.CredentialsUnavailable):
+        await manager.get()
+    clock.now -= 3600
+    source.failing = False
+    assert manager._next_refresh() == clock.now  # the refresher retries at once
+    assert await manager.get() is manager.snapshot and source.calls == 2 and manager.failures == 0
+    # a step back of less than RETRY_MAX_SECONDS keeps the backoff (at most RETRY_MAX_SECONDS then)
+    source.failing = True
+    clock.now += 1000  # the snapshot expired
+    with pytest.raises(errors.CredentialsUnavailable):
+        await manager.get()
+    clock.now -= 10
+    with pytest.raises(errors.CredentialsUnavailable, match="retrying in the background"):
+        await manager.get()
+    assert source.calls == 3 and 0 < manager._next_refresh() - clock.now <= RETRY_MAX_SECONDS  # type: ignore[operator]
+
+
+async def test_the_refresher_retries_after_a_clock_step_back_without_being_woken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(credentials, "MAX_WAIT_SECONDS", 0.05)
+    clock = ManualClock()
+    source = Source(clock)
+    source.failing = True
+    manager = CredentialManager(source, clock=clock, rand=lambda: 0.999)  # the retry ~2 s after the failure
+    await manager.start()
+    try:
+        await _until(lambda: manager.failures == 1)
+        source.failing = False
+        clock.now -= 3600  # no wake(): a real clock step wakes nothing
+        await _until(manager.ready)
+        assert source.calls == 2
+    finally:
+        await manager.close()
+
+
+async def test_the_refresher_sees_a_clock_stepped_forward_without_being_woken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refresher sleeps until half the lifetime on the loop's monotonic clock. The wall clock jumps an
+    hour (NTP, a resumed VM): the credentials expired by it, and /readyz is 503 until they are replaced, which
+    must not wait for the rest of that sleep (450 s here, 30 min with one-hour credentials)."""
+    monkeypatch.setattr(credentials, "MAX_WAIT_SECONDS", 0.05)
+    clock = ManualClock()
+    source = Source(clock)
+    manager = CredentialManager(source, clock=clock)
+    await manager.start()
+    try:
+        await _until(manager.ready)
+        clock.now += 3600
+        assert not manager.ready() and manager.seconds_until_expiry() == 0.0
+        await _until(manager.ready)
+        assert source.calls == 2 and manager.seconds_until_expiry() == 900.0
+    finally:
+        await manager.close()
 
 
 async def _until(predicate: Any, timeout: float = 5.0) -> None:
