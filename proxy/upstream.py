@@ -22,7 +22,10 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import Protocol
 
 import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
 from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.tracing import Trace
 from yarl import URL
 
 from . import errors
@@ -143,6 +146,32 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Pooled connections found out of step (see InStepConnector) that one request closes before it gives up.
+OUT_OF_STEP_TRIES = 4
+
+
+class InStepConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, except that it never hands out a pooled connection holding bytes nobody asked for.
+
+    aiohttp goes on reading a keep-alive connection while it sits in the pool: an answer the upstream sends
+    unasked (or the surplus of a body longer than its Content-Length, arriving late) is parsed and queued,
+    and read as *the answer to the next request* sent on that connection -- one request's answer (a secret)
+    handed to another (so in aiohttp 3.14.5, aio-libs/aiohttp#13656). Such a connection's
+    ``ResponseHandler.should_close`` is true (a queued answer, a body still arriving, an error): it is closed
+    and another one taken, at most :data:`OUT_OF_STEP_TRIES` times, then ServerDisconnectedError
+    (BadGateway). Bytes that arrive after the request was sent are its answer, as with any HTTP/1.1 client.
+    """
+
+    async def connect(self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout) -> Connection:
+        for _ in range(OUT_OF_STEP_TRIES):
+            conn = await super().connect(req, traces, timeout)
+            protocol = conn.protocol
+            if protocol is None or not protocol.should_close:
+                return conn
+            conn.close()
+        raise aiohttp.ServerDisconnectedError("the upstream sent answers to requests it was not sent")
+
+
 def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     """A verifying client TLS context: ``ca_bundle`` when given, else the system store. Never unverified."""
     ctx = ssl.create_default_context(cafile=ca_bundle)
@@ -181,7 +210,7 @@ class AiohttpUpstream:
 
     async def start(self) -> None:
         """Open the pooled ClientSession (inside the running loop)."""
-        connector = aiohttp.TCPConnector(
+        connector = InStepConnector(
             ssl=ssl_context(self._ca_bundle),
             limit=self._pool_size,
             resolver=self._resolver,
