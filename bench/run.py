@@ -128,7 +128,9 @@ def ensure_wrk() -> bool:
 class Proxy:
     """``python -m proxy --config FILE`` with static keys; ports from its ``listening`` log lines."""
 
-    def __init__(self, workdir: Path, upstream_port: int, ca_file: str, workers: int, root: Path = ROOT) -> None:
+    def __init__(
+        self, workdir: Path, upstream_port: int, ca_file: str, workers: int, root: Path = ROOT, *, cache: bool = False
+    ) -> None:
         upstream = {
             "region": "us-east-1",
             "endpoint_url": f"https://127.0.0.1:{upstream_port}",
@@ -141,9 +143,12 @@ class Proxy:
         }
         if workers > 1:
             config["admin"] = {"host": "127.0.0.1", "port": 0}  # --workers: each worker's own admin port
-        self.config_file = workdir / "proxy.yaml"
+        if cache:  # GetSecretValue answers from memory (issue 8's cache), the TTL longer than any run
+            config["cache"] = {"enabled": True, "ttl_seconds": 3600}
+        name = "proxy-cache" if cache else "proxy"
+        self.config_file = workdir / f"{name}.yaml"
         self.config_file.write_text(json.dumps(config))  # JSON is YAML
-        self.log_file = workdir / "proxy.log"
+        self.log_file = workdir / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(
             AWS_ACCESS_KEY_ID="AKIDBENCHEXAMPLE",
@@ -461,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ca_file, cert_file, key_file = make_certs(workdir)
     upstream = UpstreamProcess(cert_file, key_file, BIG_BYTES)
     proxy: Proxy | None = None
+    cached: Proxy | None = None
     report: dict[str, Any] = {
         "machine": info,
         "tool": tool,
@@ -479,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"proxy pids {proxy.pids}, port {proxy.port}, sts route port {proxy.route_port}", file=sys.stderr)
         run(query_get(proxy.port, SECRET_QUERY, 64, 2.0), tool)  # warm-up: imports, first connections
         pids = proxy.pids
+        # a second proxy with the cache on, for the cached rows (the first one's rows must reach the upstream)
+        cached = Proxy(workdir, upstream.port, ca_file, args.workers, args.proxy_root, cache=True)
+        run(query_get(cached.port, SECRET_QUERY, 64, 2.0), tool)
+        cached_pids, cached_port = cached.pids, cached.port
         unsigned0 = upstream.count(UNSIGNED)
         port, route_port = proxy.port, proxy.route_port
         # (direct key or None, name, load, processes whose CPU is counted); run interleaved, so that direct and
@@ -487,6 +497,12 @@ def main(argv: list[str] | None = None) -> int:
             ("secret", "GetSecretValue (JSON 1.1)", lambda c, s: secret_direct(upstream.port, c, s), up_pids),
             (None, "GetSecretValue, Query GET", lambda c, s: query_get(port, SECRET_QUERY, c, s), pids),
             (None, "GetSecretValue, Query POST", lambda c, s: query_post(port, SECRET_QUERY, c, s), pids),
+            (
+                None,
+                "GetSecretValue, Query GET, cache on",
+                lambda c, s: query_get(cached_port, SECRET_QUERY, c, s),
+                cached_pids,
+            ),
             ("identity", "GetCallerIdentity (awsQuery)", lambda c, s: identity_direct(upstream.port, c, s), up_pids),
             (
                 None,
@@ -535,8 +551,9 @@ def main(argv: list[str] | None = None) -> int:
             slow_reader=slow,
         )
     finally:
-        if proxy is not None:
-            proxy.stop()
+        for started in (proxy, cached):
+            if started is not None:
+                started.stop()
         upstream.stop()
     report["loadavg_before"], report["loadavg_after"] = load_before, os.getloadavg()
     steal_after = procs.cpu_times()
