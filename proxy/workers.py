@@ -29,6 +29,8 @@ from aiohttp import web
 from .app import Worker, bind_socket
 from .config import Config, ConfigError
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 def _listen_hosts(host: str) -> list[str]:
     return ["127.0.0.1", "::1"] if host.lower() == "localhost" else [host]
@@ -36,12 +38,25 @@ def _listen_hosts(host: str) -> list[str]:
 
 def reserve_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
     """Bind (without listening) SO_REUSEPORT sockets on ``host``'s addresses, so that the port stays ours
-    while the workers bind it too; returns the port (a free one when ``port`` is 0) and the sockets."""
+    while the workers bind it too; returns the port (a free one when ``port`` is 0) and the sockets.
+
+    Raises ListenError when an address cannot be bound, or when something already listens on it: the kernel
+    lets any process of the same user join a port bound with SO_REUSEPORT, so a second proxy started with
+    ``--workers`` on a port a first one serves would otherwise share its connections silently (half of them
+    answered by the other process, under its policy). A probe bound without SO_REUSEPORT (SO_REUSEADDR
+    only) conflicts with any listening socket on the address, and not with the reserved one, which is not
+    listening."""
     held: list[socket.socket] = []
-    for address in _listen_hosts(host):
-        sock = bind_socket(address, port, reuse_port=True)
-        port = sock.getsockname()[1]
-        held.append(sock)
+    try:
+        for address in _listen_hosts(host):
+            sock = bind_socket(address, port, reuse_port=True)
+            held.append(sock)
+            port = sock.getsockname()[1]
+            bind_socket(address, port).close()  # the probe: ListenError when another process listens there
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
     return port, held
 
 
@@ -67,18 +82,19 @@ def run_workers(
     prepared renderers, the compiled policy) is shared by the workers' memory pages rather than loaded N
     times; everything bound to an event loop (upstream connections, the credential refresher) is opened by
     each worker in its own loop. Returns the exit code: 0 after a clean shutdown, else the first failed
-    worker's. Raises ConfigError (before any fork) and OSError (a port that cannot be bound)."""
+    worker's. Raises ConfigError (before any fork) and ListenError (a port that cannot be bound, or that another
+    process already listens on: :func:`reserve_port`)."""
     check(cfg, count)
     held: list[socket.socket] = []
-    port, sockets = reserve_port(cfg.listen.host, cfg.listen.port)
-    held += sockets
-    routes = []
-    for route in cfg.routes:
-        route_port, sockets = reserve_port(cfg.listen.host, route.port)
-        held += sockets
-        routes.append(replace(route, port=route_port))
-    cfg = replace(cfg, listen=replace(cfg.listen, port=port), routes=tuple(routes))
     try:
+        port, sockets = reserve_port(cfg.listen.host, cfg.listen.port)
+        held += sockets
+        routes = []
+        for route in cfg.routes:
+            route_port, sockets = reserve_port(cfg.listen.host, route.port)
+            held += sockets
+            routes.append(replace(route, port=route_port))
+        cfg = replace(cfg, listen=replace(cfg.listen, port=port), routes=tuple(routes))
         app = build(cfg)
     except BaseException:
         for sock in held:
@@ -98,13 +114,18 @@ def run_workers(
             except ProcessLookupError:
                 pass
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     sys.stdout.flush()
     sys.stderr.flush()
+    # Held back while the workers are forked: a signal that came between two forks would reach only the
+    # workers forked so far (the later ones would serve on and the parent wait for ever), and one that reached
+    # a worker before its event loop's handler was in place would kill it (exit -15, not a drain). The parent
+    # takes it once every worker is recorded; a worker takes it once serve() has installed its handler.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         for index in range(count):
             pid = os.fork()
-            if pid == 0:  # the worker
+            if pid == 0:  # the worker: stop signals stay blocked until proxy.app.serve() handles them
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 for sock in held:
@@ -117,6 +138,7 @@ def run_workers(
                     sys.stderr.flush()
                     os._exit(code)
             children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one that came meanwhile is forwarded now
         result = 0
         while children:
             try:
@@ -134,6 +156,7 @@ def run_workers(
                 forward(signal.SIGTERM, None)
         return result
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for sock in held:

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.faults import ok, proxy_environ
+from tests.faults import delayed, ok, proxy_environ
 from tests.process import ProxyProcess
 from tests.support import poll, raw_request
 
@@ -36,14 +37,15 @@ def listening(proxy: ProxyProcess) -> list[dict[str, Any]]:
     return [line for line in proxy.lines() if line.get("message") == "listening" and "route" not in line]
 
 
-def requests_counted(admin_port: int) -> float:
+def metric_sum(admin_port: int, prefix: str) -> float:
+    """The sum of the samples of a metric (``prefix`` is the name and perhaps ``{``) on one worker's admin port."""
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("query_signing_proxy_requests_total{")
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def requests_counted(admin_port: int) -> float:
+    return metric_sum(admin_port, "query_signing_proxy_requests_total{")
 
 
 def test_workers_share_the_port_each_with_its_own_admin_port(start_fault, certs, tmp_path):
@@ -101,3 +103,71 @@ def test_workers_must_be_a_small_positive_number(tmp_path):
             [sys.executable, "-m", "proxy", "--workers", bad], env=proxy_environ(), capture_output=True, text=True
         )
         assert done.returncode == 2 and "--workers" in done.stderr
+
+
+def children_of(pid: int) -> list[int]:
+    """The live children of ``pid`` (``/proc/<pid>/task/<pid>/children``; empty once it has exited)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_a_port_another_proxy_serves_is_refused(start_fault, certs, tmp_path):
+    """Workers bind with SO_REUSEPORT, which the kernel lets any process of the same user join: a second proxy
+    started on the port of a running one must exit 1 naming the port, not share its connections silently."""
+    fault = start_fault(ok())
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    path = config_file(first_dir, fault.url, certs.ca_file)
+    with ProxyProcess(["--config", path, "--workers", "2"], first_dir, proxy_environ()) as first:
+        lines = poll(lambda: len(listening(first)) == 2 and listening(first), 30, "two workers to listen")
+        port = lines[0]["port"]
+        taken = config_file(second_dir, fault.url, certs.ca_file, listen={"host": "127.0.0.1", "port": port})
+        for workers in ("2", "1"):
+            done = subprocess.run(
+                [sys.executable, "-m", "proxy", "--config", taken, "--workers", workers],
+                env=proxy_environ(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 1, done.stderr[-2000:]
+            assert f"127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
+        assert [raw_request(port, "GET", GET, timeout=10).status for _ in range(10)] == [200] * 10
+        assert first.stop() == 0
+
+
+def test_sigterm_while_the_workers_are_forked_stops_them_all(start_fault, certs, tmp_path):
+    """A SIGTERM that reaches the parent between two forks must stop the workers forked after it too, and one
+    that reaches a worker before its event loop handles it must still drain it (exit 0, not -15)."""
+    fault = start_fault(ok())
+    path = config_file(tmp_path, fault.url, certs.ca_file)
+    with ProxyProcess(["--config", path, "--workers", "12"], tmp_path, proxy_environ()) as proxy:
+        assert proxy.process is not None
+        parent = proxy.process.pid
+        seen = poll(lambda: children_of(parent), 60, "the first worker to be forked", interval=0.001)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(30) == 0, proxy.log_path.read_text()[-3000:]
+        for pid in seen:
+            poll(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 10, "the workers to exit")
+
+
+def test_sigterm_lets_the_requests_in_flight_in_every_worker_finish(start_fault, certs, tmp_path):
+    fault = start_fault(delayed(2.0, ok()))
+    path = config_file(tmp_path, fault.url, certs.ca_file, shutdown_grace_seconds=20)
+    with ProxyProcess(["--config", path, "--workers", "2"], tmp_path, proxy_environ()) as proxy:
+        lines = poll(lambda: len(listening(proxy)) == 2 and listening(proxy), 30, "two workers to listen")
+        port, admin_ports = lines[0]["port"], [line["admin_port"] for line in lines]
+        with ThreadPoolExecutor(12) as pool:
+            answers = [pool.submit(raw_request, port, "GET", GET, timeout=30) for _ in range(12)]
+            poll(lambda: len(fault.seen) == 12, 20, "twelve requests to reach the upstream")
+            in_flight = [metric_sum(p, "query_signing_proxy_requests_in_flight ") for p in admin_ports]
+            assert sum(in_flight) == 12 and all(n > 0 for n in in_flight)  # both workers hold some
+            assert proxy.process is not None
+            proxy.process.send_signal(signal.SIGTERM)
+            results = [a.result() for a in answers]
+        assert [r.status for r in results] == [200] * 12
+        assert all(b"s3cr3t" in r.body for r in results)
+        assert proxy.process.wait(30) == 0
