@@ -16,6 +16,7 @@ exits with that worker's code, so that the container is restarted rather than le
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from .app import Worker, bind_socket
 from .config import Config, ConfigError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+log = logging.getLogger("proxy.workers")
 
 
 def _listen_hosts(host: str) -> list[str]:
@@ -61,12 +63,32 @@ def reserve_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
 
 
 def check(cfg: Config, count: int) -> None:
-    """Raise ConfigError when ``--workers count`` cannot serve ``cfg``."""
-    if count > 1 and cfg.admin.host is None:
+    """Raise ConfigError when ``--workers count`` cannot serve ``cfg``: no ``admin.host``, or worker admin ports
+    (``admin.port`` .. ``admin.port + count - 1``) past 65535 or on a Query port (``listen.port``,
+    ``routes[i].port``), which would stop every worker at start-up."""
+    if count <= 1:
+        return
+    if cfg.admin.host is None:
         raise ConfigError(
             "--workers: set admin.host (each worker serves /healthz, /readyz and /metrics on its own admin port, "
             "admin.port + worker index)"
         )
+    first = cfg.admin.port
+    if not first:
+        return
+    last = first + count - 1
+    if last > 65535:
+        raise ConfigError(
+            f"admin.port: --workers {count} serves the admin endpoints on ports {first} to {last}, past 65535; "
+            "lower admin.port"
+        )
+    query_ports = {cfg.listen.port: "listen.port"} | {r.port: f"routes[{i}].port" for i, r in enumerate(cfg.routes)}
+    for port, key in query_ports.items():
+        if port and first < port <= last:
+            raise ConfigError(
+                f"admin.port: --workers {count} serves worker {port - first}'s admin endpoints on port {port}, "
+                f"which is {key}; move admin.port out of the way"
+            )
 
 
 def run_workers(
@@ -133,6 +155,8 @@ def run_workers(
                 code = 1
                 try:
                     code = run_one(cfg, app, Worker(index, count))
+                except BaseException as exc:  # os._exit below would lose the traceback: say why the worker ended
+                    log.error("worker failed", extra={"worker": index, "error": type(exc).__name__, "reason": str(exc)})
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -171,3 +172,56 @@ def test_sigterm_lets_the_requests_in_flight_in_every_worker_finish(start_fault,
         assert [r.status for r in results] == [200] * 12
         assert all(b"s3cr3t" in r.body for r in results)
         assert proxy.process.wait(30) == 0
+
+
+def test_worker_admin_ports_past_65535_or_on_the_query_port_are_config_errors(start_fault, certs, tmp_path):
+    fault = start_fault(ok())
+    query_port = 40000
+    for admin, needle in ((65534, "past 65535"), (query_port - 1, "listen.port")):
+        path = config_file(
+            tmp_path,
+            fault.url,
+            certs.ca_file,
+            listen={"host": "127.0.0.1", "port": query_port},
+            admin={"host": "127.0.0.1", "port": admin},
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "--config", path, "--workers", "4"],
+            env=proxy_environ(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "admin.port" in done.stderr and needle in done.stderr
+
+
+FAILING_WORKER = """
+import sys
+from aiohttp import web
+from proxy import logs
+from proxy.__main__ import load
+from proxy.workers import run_workers
+
+def run_one(cfg, app, worker):
+    if worker.index == 1:
+        raise RuntimeError("worker one cannot start")
+    return 0
+
+logs.setup("info")
+sys.exit(run_workers(load(sys.argv[1]), 2, lambda cfg: web.Application(), run_one))
+"""
+
+
+def test_a_worker_that_fails_unexpectedly_says_why(start_fault, certs, tmp_path):
+    """The real supervisor with a worker body that raises: the worker's os._exit must not swallow the reason."""
+    fault = start_fault(ok())
+    path = config_file(tmp_path, fault.url, certs.ca_file)
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_WORKER, path], env=proxy_environ(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    failed = [json.loads(line) for line in done.stderr.splitlines() if '"worker failed"' in line]
+    assert len(failed) == 1 and failed[0]["level"] == "error", done.stderr[-2000:]
+    assert failed[0]["worker"] == 1 and failed[0]["error"] == "RuntimeError"
+    assert failed[0]["reason"] == "worker one cannot start"
