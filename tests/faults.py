@@ -269,6 +269,18 @@ def reset_mid_body(total: int = 8192) -> Behaviour:
     return behave
 
 
+def raw_answer(data: bytes) -> Behaviour:
+    """Write ``data`` as the whole HTTP answer, bytes as given (any framing, right or wrong), then close."""
+
+    async def behave(request: web.Request, seen: Seen) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.write(data)
+        request.transport.close()
+        return web.Response()
+
+    return behave
+
+
 def chunked(body: bytes, chunk: int = 64 * 1024) -> Behaviour:
     """A 200 JSON answer sent with chunked transfer encoding (no Content-Length)."""
 

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from botocore.exceptions import ClientError
 
 from proxy import parse
 from proxy.credentials import REFUSED_AGAIN_SECONDS
 from tests.fakeaws import FakeAWS
-from tests.faults import JSON_TYPE, answer, secret_value, xml_error
+from tests.faults import JSON_TYPE, answer, raw_answer, secret_value, xml_error
 from tests.integration.test_sdk import sdk_client
 from tests.support import raw_request
 
@@ -127,18 +126,6 @@ def test_redirects_and_upgrades_are_502_and_not_retried(
     sdk = sdk_call(proxy)
     assert (sdk.status, sdk.header("Location")) == (502, None)
     assert json.loads(sdk.body)["__type"] == "BadGateway"
-
-
-def raw_answer(data: bytes) -> Any:
-    """Write ``data`` as the whole HTTP answer, then close the connection."""
-
-    async def behave(request: web.Request, seen: Any) -> web.StreamResponse:
-        assert request.transport is not None
-        request.transport.write(data)
-        request.transport.close()
-        return web.Response()
-
-    return behave
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.faults import JSON_TYPE, answer, ok, secret_value, xml_error
+from tests.faults import JSON_TYPE, answer, ok, raw_answer, secret_value, xml_error
 from tests.support import poll, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
@@ -28,18 +28,6 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: " + JSON_TYPE.encode() + b"\r\nx-amzn-
 def query(proxy: Any) -> tuple[int, bytes]:
     resp = raw_request(proxy.port, "GET", GET, timeout=30)
     return resp.status, resp.body
-
-
-def raw_answer(data: bytes) -> Any:
-    """Write ``data`` as the whole HTTP answer, then close the connection."""
-
-    async def behave(request: web.Request, seen: Any) -> web.StreamResponse:
-        assert request.transport is not None
-        request.transport.write(data)
-        request.transport.close()
-        return web.Response()
-
-    return behave
 
 
 def answer_then_plant(data: bytes, planted: bytes, go: threading.Event, sent: threading.Event) -> Any:
