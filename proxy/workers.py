@@ -15,6 +15,7 @@ exits with that worker's code, so that the container is restarted rather than le
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -91,6 +92,28 @@ def check(cfg: Config, count: int) -> None:
             )
 
 
+# prctl(2): the signal the kernel sends this process when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent(parent: int) -> None:
+    """In a worker: have the kernel send SIGTERM when the parent process ``parent`` dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``, prctl(2)), so that a parent killed with SIGKILL (or by the OOM killer) leaves
+    no worker serving on behind it; a parent that died before this call is seen through ``getppid()`` and the
+    worker stops at once. The SIGTERM drains the worker like any other (it waits, blocked, until
+    ``proxy.app.serve()`` handles it). Elsewhere, or when libc has no ``prctl``, it does nothing: in a
+    container the parent is PID 1 and its death ends the others anyway."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_workers(
     cfg: Config,
     count: int,
@@ -146,8 +169,10 @@ def run_workers(
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         for index in range(count):
+            parent = os.getpid()
             pid = os.fork()
             if pid == 0:  # the worker: stop signals stay blocked until proxy.app.serve() handles them
+                stop_with_parent(parent)
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
                 for sock in held:

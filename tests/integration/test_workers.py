@@ -84,6 +84,20 @@ def test_a_worker_that_dies_stops_the_others(start_fault, certs, tmp_path):
         poll(lambda: not Path(f"/proc/{survivor}").exists(), 10, "the other worker to exit")
 
 
+def test_workers_stop_when_the_parent_is_killed(start_fault, certs, tmp_path):
+    """SIGKILL of the parent (the OOM killer, kill -9 outside a container): no worker goes on serving."""
+    fault = start_fault(ok())
+    path = config_file(tmp_path, fault.url, certs.ca_file)
+    with ProxyProcess(["--config", path, "--workers", "2"], tmp_path, proxy_environ()) as proxy:
+        lines = poll(lambda: len(listening(proxy)) == 2 and listening(proxy), 30, "two workers to listen")
+        assert raw_request(lines[0]["port"], "GET", GET, timeout=10).status == 200
+        assert proxy.process is not None
+        os.kill(proxy.process.pid, signal.SIGKILL)
+        proxy.process.wait(10)
+        for line in lines:
+            poll(lambda pid=line["pid"]: not Path(f"/proc/{pid}").exists(), 30, "the workers to exit")
+
+
 def test_workers_need_their_own_admin_ports(start_fault, certs, tmp_path):
     fault = start_fault(ok())
     path = config_file(tmp_path, fault.url, certs.ca_file, admin={"host": None, "port": 8978})
