@@ -49,6 +49,13 @@ def requests_counted(admin_port: int) -> float:
     return metric_sum(admin_port, "query_signing_proxy_requests_total{")
 
 
+def run_proxy(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m proxy *args`` to its end (a refusal at start-up), output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], env=proxy_environ(), capture_output=True, text=True, timeout=60
+    )
+
+
 def test_workers_share_the_port_each_with_its_own_admin_port(start_fault, certs, tmp_path):
     fault = start_fault(ok())
     path = config_file(tmp_path, fault.url, certs.ca_file)
@@ -101,22 +108,14 @@ def test_workers_stop_when_the_parent_is_killed(start_fault, certs, tmp_path):
 def test_workers_need_their_own_admin_ports(start_fault, certs, tmp_path):
     fault = start_fault(ok())
     path = config_file(tmp_path, fault.url, certs.ca_file, admin={"host": None, "port": 8978})
-    done = subprocess.run(
-        [sys.executable, "-m", "proxy", "--config", path, "--workers", "2"],
-        env=proxy_environ(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_proxy("--config", path, "--workers", "2")
     assert done.returncode == 2
     assert "admin.host" in done.stderr and "--workers" in done.stderr
 
 
 def test_workers_must_be_a_small_positive_number(tmp_path):
     for bad in ("0", "-1", "two", "65"):
-        done = subprocess.run(
-            [sys.executable, "-m", "proxy", "--workers", bad], env=proxy_environ(), capture_output=True, text=True
-        )
+        done = run_proxy("--workers", bad)
         assert done.returncode == 2 and "--workers" in done.stderr
 
 
@@ -141,13 +140,7 @@ def test_a_port_another_proxy_serves_is_refused(start_fault, certs, tmp_path):
         port = lines[0]["port"]
         taken = config_file(second_dir, fault.url, certs.ca_file, listen={"host": "127.0.0.1", "port": port})
         for workers in ("2", "1"):
-            done = subprocess.run(
-                [sys.executable, "-m", "proxy", "--config", taken, "--workers", workers],
-                env=proxy_environ(),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            done = run_proxy("--config", taken, "--workers", workers)
             assert done.returncode == 1, done.stderr[-2000:]
             assert f"127.0.0.1:{port}" in done.stderr and "in use" in done.stderr
         assert [raw_request(port, "GET", GET, timeout=10).status for _ in range(10)] == [200] * 10
@@ -199,13 +192,7 @@ def test_worker_admin_ports_past_65535_or_on_the_query_port_are_config_errors(st
             listen={"host": "127.0.0.1", "port": query_port},
             admin={"host": "127.0.0.1", "port": admin},
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "proxy", "--config", path, "--workers", "4"],
-            env=proxy_environ(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_proxy("--config", path, "--workers", "4")
         assert done.returncode == 2, done.stderr[-2000:]
         assert "admin.port" in done.stderr and needle in done.stderr
 
