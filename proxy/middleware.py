@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from . import errors, logs
 from .metrics import Metrics
 from .parse import is_sdk_request
-from .translate import UNREPRESENTABLE
+from .shapes import UNREPRESENTABLE
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from . import errors
 from .config import ConfigError, PolicyConfig
 from .models import Operation
-from .translate import is_read_operation
+from .shapes import is_read_operation
 
 # arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbCdEf  (any partition)
 _SECRET_ARN = re.compile(r"^arn:[\w-]+:secretsmanager:[\w-]*:\d*:secret:(?P<name>.+?)(?:-[A-Za-z0-9]{6})?$")

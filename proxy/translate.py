@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import json
 import re
 import uuid
@@ -40,6 +39,7 @@ from . import errors
 from .models import Operation, UpstreamResponse
 from .parse import too_many_parameters
 from .render import Fallback, Plan
+from .shapes import OUTPUT_SECRET_ID_SHAPES, SECRET_ID_SHAPES, is_read_operation, iso8601, xml_text
 
 # ---------------------------------------------------------------------------------------------------------
 # awsQuery parameters -> typed input
@@ -289,42 +289,6 @@ def _show(value: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # typed output -> Query XML
 
-# XML 1.0 cannot carry C0 controls other than TAB, LF, CR, nor lone surrogates, U+FFFE and U+FFFF.
-UNREPRESENTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#xD;"})
-# Either of the above: text with neither is returned as it is after one search (most text).
-_SPECIAL = re.compile("[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff&<>]")
-
-
-def xml_text(value: str, where: str) -> str:
-    """Escape text for an XML element: ``& < >`` and CR (as ``&#xD;`` so parsers keep CRLF).
-
-    Raises UnrepresentableValue when the text holds a character XML 1.0 cannot carry.
-    """
-    if _SPECIAL.search(value) is None:
-        return value
-    if UNREPRESENTABLE.search(value):
-        raise errors.UnrepresentableValue(
-            f"{where} holds a control character that XML 1.0 cannot carry; read it with an SDK (JSON 1.1)"
-        )
-    return value.translate(_ESCAPES)
-
-
-def iso8601(value: Any) -> str:
-    """A timestamp as sent by the upstream (epoch seconds, int or float, or an ISO string) as ISO 8601 UTC with
-    milliseconds: ``2018-04-11T20:05:45.713Z``."""
-    if isinstance(value, datetime.datetime):
-        stamp = value
-    elif isinstance(value, (int, float)):
-        stamp = datetime.datetime.fromtimestamp(value, datetime.UTC)
-    else:
-        stamp = parse_timestamp(value)
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.UTC)
-    stamp = stamp.astimezone(datetime.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
 def _render(shape: Shape, value: Any, name: str, out: list[str]) -> None:
     kind = shape.type_name
     if kind == "structure":
@@ -391,21 +355,6 @@ class StrictJSONParser(JSONParser):
 
     def _parse_body_as_json(self, body_contents: bytes) -> Any:
         return json.loads(body_contents) if body_contents else {}
-
-
-READ_PREFIXES = ("Get", "Describe", "List", "BatchGet")
-# The model's shapes whose values name a secret in an input (SecretId, CreateSecret's Name, SecretIdList
-# members, CrossAccountReplicaARN ...).
-SECRET_ID_SHAPES = frozenset({"SecretIdType", "NameType", "SecretARNType", "SecretNameType"})
-# ... and in an output (ARN, Name, APIErrorType's SecretId). NameType is left out: answers also use it for
-# things that are not secrets (ValidationErrorsEntry.CheckName), and every output Name of that shape sits
-# beside an ARN.
-OUTPUT_SECRET_ID_SHAPES = frozenset({"SecretIdType", "SecretARNType", "SecretNameType"})
-
-
-def is_read_operation(name: str) -> bool:
-    """Reads (``Get*``, ``Describe*``, ``List*``, ``BatchGet*``) may be retried (SPEC section 5)."""
-    return name.startswith(READ_PREFIXES)
 
 
 def operation_of(op: OperationModel, data: dict[str, Any]) -> Operation:
