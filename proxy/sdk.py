@@ -1,4 +1,4 @@
-"""SDK callers: an AWS SDK's own JSON call, re-signed with the role (SPEC sections 4 to 6).
+"""SDK callers: an AWS SDK's own JSON call, re-signed with the role (docs/interface.md, "SDK calls").
 
 An app built on an AWS SDK, pointed at the proxy (``AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:8977``)
 with placeholder keys, sends ``POST /`` with ``X-Amz-Target: secretsmanager.<Op>`` and an

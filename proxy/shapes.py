@@ -28,7 +28,8 @@ OUTPUT_SECRET_ID_SHAPES = frozenset({"SecretIdType", "SecretARNType", "SecretNam
 
 
 def is_read_operation(name: str) -> bool:
-    """Reads (``Get*``, ``Describe*``, ``List*``, ``BatchGet*``) may be retried (SPEC section 5)."""
+    """Reads (``Get*``, ``Describe*``, ``List*``, ``BatchGet*``) may be retried (docs/interface.md, "The upstream
+    request")."""
     return name.startswith(READ_PREFIXES)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,3 +56,31 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_the_cycle_finder_finds_one() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+DOCS = ROOT / "docs"
+
+
+def headings(page: Path) -> set[str]:
+    return {line.lstrip("#").strip() for line in page.read_text().splitlines() if line.startswith("#")}
+
+
+def test_architecture_page_lists_every_module() -> None:
+    page = (DOCS / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+)` \|", page, re.M))
+    assert listed == {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+
+
+def test_every_reference_to_the_interface_names_a_heading_it_has() -> None:
+    """Code, tests and ``--help`` cite the interface by file and heading; each cited heading exists."""
+    known = headings(DOCS / "interface.md")
+    cited: dict[str, set[str]] = {}
+    for path in [*PACKAGE.glob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        text = re.sub(r"\s*\n\s*#?\s*", " ", path.read_text())  # a citation may wrap across lines
+        for quoted in re.findall(r'docs/interface\.md, ((?:"[^"]+"(?:,| and| to)? ?)+)', text):
+            for heading in re.findall(r'"([^"]+)"', quoted):
+                cited.setdefault(heading, set()).add(path.name)
+    assert cited, "no citations found: the pattern is wrong"
+    missing = {h: sorted(files) for h, files in cited.items() if h not in known}
+    assert not missing, f"cited headings docs/interface.md does not have: {missing}"
+    assert not [p.name for p in PACKAGE.glob("*.py") if re.search(r"\bSPEC\b", p.read_text())]
