@@ -1,4 +1,4 @@
-"""Command line (SPEC section 2); no logic beyond argument handling.
+"""Command line (docs/interface.md, "Command line"); no logic beyond argument handling.
 
     query-signing-proxy [--config PATH] [--listen HOST:PORT] [--log-level LEVEL] [--workers N]
     query-signing-proxy check-config PATH
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Subcommands: 'check-config PATH' validates a config; 'local' runs against an embedded AWS emulator.",
     )
     parser.add_argument("--version", action="version", version=f"query-signing-proxy {__version__}")
-    parser.add_argument("--config", metavar="PATH", help="YAML configuration file (SPEC section 3)")
+    parser.add_argument("--config", metavar="PATH", help="YAML configuration file (docs/configuration.md)")
     parser.add_argument(
         "--workers",
         type=_positive,

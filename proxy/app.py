@@ -5,7 +5,7 @@ endpoint resolution, the translator and policy are prepared here (synchronously,
 ClientSession and the credential refresher live in one ``cleanup_ctx`` generator that opens and closes
 both. Each entry of ``routes:`` gets one more application (:data:`ROUTES`) with its own upstream and policy,
 sharing the credentials, metrics and limits. :func:`serve` runs them (and the admin listener) until
-SIGTERM/SIGINT, then drains per SPEC section 2.
+SIGTERM/SIGINT, then drains per docs/interface.md, "Signals and shutdown".
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def build_service(
     key: str = "",
     clock: Callable[[], float] = time.time,
 ) -> Service:
-    """Prepare one upstream service (SPEC section 5): endpoint, translator, policy, rules, transport, cache.
+    """Prepare one upstream service (docs/interface.md, "The upstream request"): endpoint, translator, policy, rules,
+    transport, cache.
 
     ``key`` prefixes the config keys named in errors (``routes[0]`` for a route's ``upstream``/``policy``).
     Raises ConfigError for a service whose model protocol no pipeline serves (:data:`~proxy.dispatch.PROTOCOLS`).
@@ -237,7 +238,7 @@ async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# admin endpoints (SPEC section 4): never the Query API, never the caller token
+# admin endpoints (docs/interface.md, "HTTP endpoints"): never the Query API, never the caller token
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -277,7 +278,7 @@ def create_admin_app(shared: Shared) -> web.Application:
 
 
 def _listen_hosts(host: str) -> list[str]:
-    """``localhost`` means both loopback addresses (SPEC section 3)."""
+    """``localhost`` means both loopback addresses (docs/interface.md, "Configuration")."""
     return ["127.0.0.1", "::1"] if host.lower() == "localhost" else [host]
 
 
@@ -349,7 +350,7 @@ async def serve(
     app: web.Application | None = None,
     worker: Worker | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop``), then drain (SPEC section 2).
+    """Serve until SIGTERM/SIGINT (or ``stop``), then drain (docs/interface.md, "Signals and shutdown").
 
     ``ready(port, admin_port)`` is called once the listeners are bound. On the signal ``/readyz`` turns 503 at
     once, requests are still accepted for ``shutdown_delay_seconds``, then the listeners close and in-flight

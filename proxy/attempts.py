@@ -6,9 +6,9 @@ all; transient errors (HTTP 500/502/503/504, connection failures, timeouts) and 
 retried with exponential backoff and full jitter (``random() * min(2 ** (attempt - 1), 20)`` seconds), the
 whole bounded by ``upstream.total_timeout_seconds``. Each attempt is signed afresh.
 
-Which requests may be retried is SPEC section 5's rule (reads, or writes carrying an idempotency token); a
-rejection of the credentials themselves (expired or revoked early) is answered before anything ran, so it
-is retried once for any operation after one forced credential refresh. So is a rejection of the signing time
+Which requests may be retried is the retry rule of docs/interface.md, "The upstream request" (reads, or writes carrying
+an idempotency token); a rejection of the credentials themselves (expired or revoked early) is answered before anything
+ran, so it is retried once for any operation after one forced credential refresh. So is a rejection of the signing time
 (clock skew) once :class:`~proxy.signing.ClockSkew` has learnt the offset from the answer's ``Date``. A
 transport failure that another attempt would meet again (a host name that does not resolve, a certificate
 that does not verify: the error's ``transient`` is False) is answered at once.

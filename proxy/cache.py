@@ -1,5 +1,5 @@
-"""The opt-in secret cache (``cache:``, SPEC section 3): repeat reads answered from memory, never what a write
-through the proxy changed, never to a request the policy denied.
+"""The opt-in secret cache (``cache:``, docs/interface.md, "Cache", docs/cache.md): repeat reads answered from memory,
+never what a write through the proxy changed, never to a request the policy denied.
 
 What is cached: the upstream's AWS JSON 1.1 answer of a successful ``GetSecretValue``, and each
 ``SecretValues`` entry of a successful ``BatchGetSecretValue`` by ``SecretIdList`` (the two have the same

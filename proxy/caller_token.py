@@ -1,5 +1,5 @@
-"""The caller token (SPEC sections 3 and 4): with ``policy.token_header`` set, every Query request must carry
-the token held in ``policy.token_file``; anything else is 403 AccessDenied. The Secrets Manager Agent's
+"""The caller token (docs/interface.md, "HTTP endpoints"): with ``policy.token_header`` set, every Query request must
+carry the token held in ``policy.token_file``; anything else is 403 AccessDenied. The Secrets Manager Agent's
 ``X-Aws-Parameters-Secrets-Token`` check, made rotatable.
 
 The comparison is constant-time (``hmac.compare_digest``) over UTF-8 bytes. The file is read once at start-up

@@ -1,4 +1,5 @@
-"""Configuration: YAML to frozen dataclasses, strictly (SPEC section 3).
+"""Configuration: YAML to frozen dataclasses, strictly (docs/interface.md, "Configuration"; every key in
+docs/configuration.md).
 
 Two phases, as the Secrets Manager Agent's ``config.rs`` does it: ``yaml.safe_load`` gives plain data,
 then :func:`build` walks the dataclass fields, rejecting unknown keys and wrong types, and checking the
@@ -259,7 +260,7 @@ def load_config(
     caller asks botocore for it so that the file wins and the environment fills the gap.
 
     Raises ConfigError naming the key for unreadable files, bad YAML, unknown keys, wrong types, out of range
-    values and the cross-field rules of SPEC section 3 (a region must exist; TLS needs both files).
+    values and the cross-field rules of docs/interface.md, "Configuration" (a region must exist; TLS needs both files).
     """
     data: Any = {}
     if path is not None:

@@ -166,9 +166,9 @@ class NeverCache(dict[str, Any]):
 
 
 def configure_session(session: botocore.session.Session, upstream: UpstreamConfig) -> None:
-    """Set what the STS clients botocore makes for the chain should use: ``upstream.ca_bundle`` (SPEC §3: used
-    for STS as well), the upstream's connect/read timeouts, and no botocore retries (the manager retries
-    with its own backoff, on its own clock)."""
+    """Set what the STS clients botocore makes for the chain should use: ``upstream.ca_bundle`` (docs/interface.md,
+    "Configuration": used for STS as well), the upstream's connect/read timeouts, and no botocore retries (the manager
+    retries with its own backoff, on its own clock)."""
     if upstream.ca_bundle:
         session.set_config_variable("ca_bundle", upstream.ca_bundle)
     session.set_default_client_config(

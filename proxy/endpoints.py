@@ -1,7 +1,7 @@
 """The upstream endpoint, from configuration and botocore's endpoint resolution only.
 
 The request never chooses it: not its Host header, not an absolute-form target, not a parameter
-(SPEC section 5). botocore resolves the regional endpoint (partitions, FIPS, dual-stack,
+(docs/interface.md, "The upstream request"). botocore resolves the regional endpoint (partitions, FIPS, dual-stack,
 ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_SECRETS_MANAGER``) exactly as an SDK client would.
 """
 

@@ -1,7 +1,7 @@
 """The proxy's error tree; every failure a client can see is one of these classes.
 
 Each class fixes the HTTP status, the Query error ``Code`` and the fault (``Sender`` for 4xx,
-``Receiver`` for 5xx) from SPEC section 6; the instance carries only a one-line message that says what
+``Receiver`` for 5xx) from docs/interface.md, "Errors"; the instance carries only a one-line message that says what
 was wrong and how to fix it. Messages never carry credentials, signatures or secret values.
 Rendering happens in one place (:mod:`proxy.middleware`)::
 
@@ -46,7 +46,7 @@ class ProxyError(Exception):
 
     @property
     def fault(self) -> str:
-        """``Sender`` for 4xx, ``Receiver`` for 5xx (SPEC section 6)."""
+        """``Sender`` for 4xx, ``Receiver`` for 5xx (docs/interface.md, "Errors")."""
         return "Sender" if self.status < 500 else "Receiver"
 
 
@@ -173,7 +173,8 @@ class GatewayTimeout(ServerError):
 
 
 class UpstreamError(ProxyError):
-    """An error answered by the upstream; status and code are the upstream's (SPEC section 6)."""
+    """An error answered by the upstream; status and code are the upstream's (docs/interface.md, "Errors from the
+    upstream")."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)

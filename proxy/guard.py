@@ -1,4 +1,5 @@
-"""Operations that hand out credentials: denied unless ``policy.allow_actions`` names them (SPEC section 5).
+"""Operations that hand out credentials: denied unless ``policy.allow_actions`` names them (docs/interface.md,
+"Policy").
 
 The proxy exists so that the app never holds a key. A pass-through to STS or IAM would undo that with one
 ``AssumeRole`` or ``CreateAccessKey``; so would Secrets Manager's neighbours (``cognito-identity``

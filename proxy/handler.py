@@ -26,7 +26,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 async def handle_query(request: web.Request) -> web.StreamResponse:
-    """Answer one Query API request (SPEC sections 4 to 6)."""
+    """Answer one Query API request (docs/interface.md, "Query requests" to "Errors")."""
     service = request.app[SERVICE]
     ctx = context(request)
     check_head(request_head(request), service.rules)  # HTTPS / size / header rules

@@ -1,4 +1,5 @@
-"""``query-signing-proxy local``: the proxy against an embedded AWS emulator, no AWS account needed (SPEC 8).
+"""``query-signing-proxy local``: the proxy against an embedded AWS emulator, no AWS account needed (docs/interface.md,
+"The embedded local upstream").
 
 moto's server runs as a child process on loopback over TLS, with a certificate from a throwaway CA made by
 ``trustme``; a demo IAM user, a role it may assume and the secret ``demo/db-password`` are seeded; then

@@ -1,4 +1,5 @@
-"""JSON-lines logging on stderr (SPEC section 7), with credentials kept out at every level.
+"""JSON-lines logging on stderr (docs/interface.md, "Logs and metrics"; docs/operations.md), with credentials kept out
+at every level.
 
 Three defences: botocore's and urllib3's records below INFO are dropped (their debug output holds canonical
 requests, signatures and STS answers); every value of a line is scrubbed, before JSON encoding, of anything

@@ -1,7 +1,7 @@
 """Around every Query request: the request id, the concurrency cap, error rendering, the access log, metrics.
 
 Errors are rendered here and only here: a :class:`~proxy.errors.ProxyError` becomes the Query
-``ErrorResponse`` of SPEC section 6 (the shape botocore's ``QueryParser`` reads), or for an SDK's AWS JSON
+``ErrorResponse`` of docs/interface.md, "Errors" (the shape botocore's ``QueryParser`` reads), or for an SDK's AWS JSON
 call (:func:`~proxy.parse.is_sdk_request`) the JSON 1.1 error ``{"__type": ..., "message": ...}`` that
 botocore's ``JSONParser`` reads; anything else is logged by class name and answered as a generic 500
 ``InternalFailure`` without its text.
@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from . import errors, logs
 from .metrics import Metrics
 from .parse import is_sdk_request
-from .translate import UNREPRESENTABLE
+from .shapes import UNREPRESENTABLE
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy")
@@ -74,7 +74,7 @@ def _text(value: str) -> str:
 
 
 def error_document(code: str, message: str, fault: str, request_id: str) -> bytes:
-    """The Query ``ErrorResponse`` document (SPEC section 6), UTF-8."""
+    """The Query ``ErrorResponse`` document (docs/interface.md, "Errors"), UTF-8."""
     return (
         f"<ErrorResponse><Error><Type>{fault}</Type><Code>{_text(code)}</Code>"
         f"<Message>{_text(message)}</Message></Error><RequestId>{_text(request_id)}</RequestId></ErrorResponse>"
@@ -82,7 +82,8 @@ def error_document(code: str, message: str, fault: str, request_id: str) -> byte
 
 
 def json_error_document(code: str, message: str) -> bytes:
-    """The AWS JSON 1.1 error body (SPEC section 6): ``{"__type": code, "message": message}``, UTF-8."""
+    """The AWS JSON 1.1 error body (docs/interface.md, "SDK callers"): ``{"__type": code, "message": message}``,
+    UTF-8."""
     return json.dumps({"__type": code, "message": message}).encode()
 
 

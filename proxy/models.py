@@ -16,8 +16,8 @@ class QueryRequest:
     """A decoded Query API request.
 
     ``params`` are the decoded ``name -> value`` pairs in arrival order, without ``Action``, ``Version`` and
-    the app's own signing parameters (SPEC section 4). ``action`` is the operation name as sent (may be
-    empty), ``version`` the API version or None when absent.
+    the app's own signing parameters (docs/interface.md, "Query requests"). ``action`` is the operation name as sent
+    (may be empty), ``version`` the API version or None when absent.
     """
 
     method: str
@@ -30,7 +30,8 @@ class QueryRequest:
 class Operation:
     """A validated, typed operation input: the operation name and its input as botocore-shaped data.
 
-    ``retryable`` is SPEC section 5's rule: a read, or a write that carries an idempotency token."""
+    ``retryable`` is the retry rule of docs/interface.md, "The upstream request": a read, or a write that carries an
+    idempotency token."""
 
     name: str
     input: dict[str, Any]

@@ -1,4 +1,4 @@
-"""Reading a Query API request: the query string or form body, decoded once (SPEC section 4).
+"""Reading a Query API request: the query string or form body, decoded once (docs/interface.md, "Query requests").
 
 Decoding is ``application/x-www-form-urlencoded`` in both GET and POST: ``+`` is a space, percent-escapes
 (upper or lower hex) are bytes, the bytes are UTF-8. A literal plus arrives as ``%2B`` and stays a plus.
@@ -18,7 +18,7 @@ from . import errors
 from .models import QueryRequest, RequestHead
 from .validate import SDK_TYPES
 
-# The app's own signing parameters: dropped, never forwarded, never an error (SPEC section 4).
+# The app's own signing parameters: dropped, never forwarded, never an error (docs/interface.md, "Query requests").
 SIGNING_PARAMETERS = frozenset(
     {
         "AWSAccessKeyId",
@@ -75,8 +75,8 @@ def decode_form(raw: bytes, where: str) -> list[tuple[str, str]]:
 
 
 def too_many_parameters(max_parameters: int) -> errors.InvalidParameterValue:
-    """The error of the ``limits.max_parameters`` rule (SPEC sections 3 and 6): raised before decoding by
-    :func:`check_parameter_count`, and after it by :func:`proxy.translate.decode_input`."""
+    """The error of the ``limits.max_parameters`` rule (docs/interface.md, "Query requests" and "Errors"): raised
+    before decoding by :func:`check_parameter_count`, and after it by :func:`proxy.translate.decode_input`."""
     return errors.InvalidParameterValue(f"more than limits.max_parameters ({max_parameters}) parameters in one request")
 
 
@@ -200,6 +200,7 @@ def request_head(request: web.Request) -> RequestHead:
 
 
 def is_sdk_request(request: web.Request) -> bool:
-    """An SDK's AWS JSON call (SPEC section 4): POST with ``X-Amz-Target`` and an ``application/x-amz-json-1.x``
-    body. Such a caller gets JSON answers and errors; everything else on ``/`` is a Query request."""
+    """An SDK's AWS JSON call (docs/interface.md, "SDK calls"): POST with ``X-Amz-Target`` and an
+    ``application/x-amz-json-1.x`` body. Such a caller gets JSON answers and errors; everything else on ``/`` is a
+    Query request."""
     return request.method == "POST" and "X-Amz-Target" in request.headers and request.content_type in SDK_TYPES

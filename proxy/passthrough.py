@@ -1,4 +1,5 @@
-"""Services that really speak awsQuery (sts, sns, iam ...): validate, re-encode, sign, stream back (SPEC 5).
+"""Services that really speak awsQuery (sts, sns, iam ...): validate, re-encode, sign, stream back (docs/interface.md,
+"The upstream request").
 
 The app's form is not forwarded as received: it is decoded against the operation's input shape (the same
 :func:`~proxy.translate.decode_input` the Secrets Manager translation uses, so the same errors), checked by

@@ -1,6 +1,6 @@
 """The operator's policy: which operations, which secrets. Compiled once at load, applied per request.
 
-Sources: SPEC sections 3 and 5. ``allow_actions`` null means the read-only operations (``Get*``,
+Source: docs/interface.md, "Policy". ``allow_actions`` null means the read-only operations (``Get*``,
 ``Describe*``, ``List*``, ``BatchGet*``); ``["*"]`` all; else a list of operation names or glob patterns.
 ``allow_secrets`` null means any secret; else glob patterns (``*`` also crosses ``/``), matched against each
 secret id as given and, for an ARN, against the secret name inside it without AWS's random
@@ -11,7 +11,7 @@ with ``Filters`` name no secret in their input, so ``allow_actions`` alone lets 
 return is filtered instead: with ``allow_secrets`` set, :attr:`Policy.answer_filter` is handed to
 :meth:`proxy.translate.Translator.render_result`, which drops from every list of secrets in the output shape
 (``SecretList``, ``SecretValues``, ``Errors``) the entries whose ``ARN``/``Name``/``SecretId`` no pattern
-allows, before anything is rendered. The choice is filtering, not denial, because SPEC section 5 governs
+allows, before anything is rendered. The choice is filtering, not denial, because docs/interface.md, "Policy" governs
 operations that name no secret by ``allow_actions`` alone, and an app allowed ``prod/app/*`` may list those.
 Consequences: a page may hold fewer entries than ``MaxResults`` (even none, with a ``NextToken``); the upstream
 did read the secrets that were filtered out (the role's IAM policy is the bound on what AWS reads). An answer
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from . import errors
 from .config import ConfigError, PolicyConfig
 from .models import Operation
-from .translate import is_read_operation
+from .shapes import is_read_operation
 
 # arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbCdEf  (any partition)
 _SECRET_ARN = re.compile(r"^arn:[\w-]+:secretsmanager:[\w-]*:\d*:secret:(?P<name>.+?)(?:-[A-Za-z0-9]{6})?$")

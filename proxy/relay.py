@@ -8,7 +8,8 @@ the relay stops for any other reason; a body read to its end goes back to the po
 Retries (:mod:`proxy.attempts`) decide on the status and, for an error, the body: an error answer is small
 and read whole (bounded by ``limits.max_response_bytes``); a success is streamed. An error body in the
 caller's protocol (:class:`WireFormat`) is relayed unchanged; any other (an HTML page from a load
-balancer, moto's XML for an SDK call) becomes the proxy's own error in the caller's protocol (SPEC section 6).
+balancer, moto's XML for an SDK call) becomes the proxy's own error in the caller's protocol (docs/interface.md,
+"Errors").
 
 Once the status line has gone out no error answer can follow: an upstream failure mid-body closes the
 client connection, so the client sees a short body (``Content-Length``) or a missing last chunk, never a

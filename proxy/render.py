@@ -26,6 +26,7 @@ from typing import Any
 from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
 from . import errors
+from .shapes import OUTPUT_SECRET_ID_SHAPES, iso8601, xml_text
 
 Keep = Callable[[str], bool] | None
 Render = Callable[[Any, str, list[str], Keep], None]
@@ -125,8 +126,6 @@ class _Compiler:
     def structure_members(self, shape: StructureShape) -> tuple[Render, tuple[str, ...]]:
         if shape.is_document_type or shape.is_tagged_union:
             raise _Unsupported(shape.name)
-        from .translate import OUTPUT_SECRET_ID_SHAPES
-
         plan: list[tuple[str, Render]] = []
         secret_keys: list[str] = []
         for member_name, member in shape.members.items():
@@ -153,9 +152,7 @@ class _Compiler:
         render_item = self.render(member)
         secret_keys: tuple[str, ...] = ()
         if isinstance(member, StructureShape):
-            from .translate import OUTPUT_SECRET_ID_SHAPES
-
-            secret_keys = tuple(n for n, m in member.members.items() if m.name in OUTPUT_SECRET_ID_SHAPES)
+                secret_keys = tuple(n for n, m in member.members.items() if m.name in OUTPUT_SECRET_ID_SHAPES)
 
         def render(value: Any, name: str, out: list[str], keep: Keep) -> None:
             if type(value) is not list:
@@ -199,16 +196,12 @@ class _Compiler:
 
 @functools.lru_cache(maxsize=1024)
 def _epoch_iso(value: float) -> str:
-    """:func:`proxy.translate.iso8601` of epoch seconds, remembered: answers repeat the same few timestamps
+    """:func:`proxy.shapes.iso8601` of epoch seconds, remembered: answers repeat the same few timestamps
     (a secret version's CreatedDate), and formatting one costs more than the rest of its member."""
-    from .translate import iso8601
-
     return iso8601(value)
 
 
 def _scalar(shape: Shape) -> Render:
-    from .translate import xml_text
-
     kind = shape.type_name
     if kind in ("string", "blob"):  # a blob is base64 text in JSON 1.1 and the same text in Query XML
 

@@ -1,4 +1,4 @@
-"""SDK callers: an AWS SDK's own JSON call, re-signed with the role (SPEC sections 4 to 6).
+"""SDK callers: an AWS SDK's own JSON call, re-signed with the role (docs/interface.md, "SDK calls").
 
 An app built on an AWS SDK, pointed at the proxy (``AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:8977``)
 with placeholder keys, sends ``POST /`` with ``X-Amz-Target: secretsmanager.<Op>`` and an
@@ -38,8 +38,8 @@ from .models import Operation
 from .parse import read_body, request_head
 from .relay import AWS_JSON, answer_headers, relay
 from .service import Service
+from .shapes import OUTPUT_SECRET_ID_SHAPES
 from .translate import (
-    OUTPUT_SECRET_ID_SHAPES,
     InputLimits,
     Translator,
     check_range,
@@ -235,7 +235,7 @@ def decode_sdk_call(translator: Translator, op: OperationModel, body: bytes) -> 
 
 def names_secrets(shape: Shape | None, seen: frozenset[str] = frozenset()) -> bool:
     """True when ``shape`` (an output shape) has, at any depth, a member of a secret-id shape
-    (:data:`~proxy.translate.OUTPUT_SECRET_ID_SHAPES`): its answers can carry secrets the policy filters."""
+    (:data:`~proxy.shapes.OUTPUT_SECRET_ID_SHAPES`): its answers can carry secrets the policy filters."""
     if shape is None or shape.name in seen:
         return False
     seen = seen | {shape.name}

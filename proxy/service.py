@@ -33,7 +33,8 @@ class Service:
     metrics: Metrics
     clock_skew: ClockSkew
     cache: SecretCache
-    guard: CredentialGuard = CredentialGuard(frozenset())  # operations that hand out credentials (SPEC 5)
+    # operations that hand out credentials (docs/interface.md, "Policy")
+    guard: CredentialGuard = CredentialGuard(frozenset())
 
     @property
     def protocol(self) -> str:

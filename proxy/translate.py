@@ -3,7 +3,7 @@
 There is no per-operation code: every operation of the loaded model works, and new operations work when
 botocore's model gains them.
 
-Request direction (SPEC sections 4 and 5)::
+Request direction (docs/interface.md, "Query requests" and "The upstream request")::
 
     [("SecretIdList.member.1", "a"), ...]  --decode_input-->  {"SecretIdList": ["a"], ...}
         --botocore JSONSerializer-->  POST / X-Amz-Target: secretsmanager.Op, JSON body
@@ -12,8 +12,8 @@ Request direction (SPEC sections 4 and 5)::
 ``A.B``, lists ``A.member.N``, maps ``A.entry.N.key`` / ``A.entry.N.value``, booleans ``true``/``false``, blobs
 base64, timestamps ISO 8601 or epoch seconds. Values are typed from the operation's input shape.
 
-Response direction (SPEC section 6): the JSON body is read with botocore's ``JSONParser`` against the output
-shape (timestamps and blobs kept as sent), then :func:`render_result` writes the Query XML that botocore's
+Response direction (docs/interface.md, "Success answers"): the JSON body is read with botocore's ``JSONParser`` against
+the output shape (timestamps and blobs kept as sent), then :func:`render_result` writes the Query XML that botocore's
 ``QueryParser`` reads: members in model order, lists as ``<member>``, maps as ``<entry><key/><value/></entry>``.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import json
 import re
 import uuid
@@ -40,6 +39,7 @@ from . import errors
 from .models import Operation, UpstreamResponse
 from .parse import too_many_parameters
 from .render import Fallback, Plan
+from .shapes import OUTPUT_SECRET_ID_SHAPES, SECRET_ID_SHAPES, is_read_operation, iso8601, xml_text
 
 # ---------------------------------------------------------------------------------------------------------
 # awsQuery parameters -> typed input
@@ -47,7 +47,7 @@ from .render import Fallback, Plan
 
 @dataclass(frozen=True, slots=True)
 class InputLimits:
-    """``limits.max_parameters`` and ``limits.max_list_members`` (SPEC section 3)."""
+    """``limits.max_parameters`` and ``limits.max_list_members`` (docs/interface.md, "Query requests")."""
 
     max_parameters: int = 1000
     max_list_members: int = 1000
@@ -289,42 +289,6 @@ def _show(value: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # typed output -> Query XML
 
-# XML 1.0 cannot carry C0 controls other than TAB, LF, CR, nor lone surrogates, U+FFFE and U+FFFF.
-UNREPRESENTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#xD;"})
-# Either of the above: text with neither is returned as it is after one search (most text).
-_SPECIAL = re.compile("[\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ud800-\udfff\ufffe\uffff&<>]")
-
-
-def xml_text(value: str, where: str) -> str:
-    """Escape text for an XML element: ``& < >`` and CR (as ``&#xD;`` so parsers keep CRLF).
-
-    Raises UnrepresentableValue when the text holds a character XML 1.0 cannot carry.
-    """
-    if _SPECIAL.search(value) is None:
-        return value
-    if UNREPRESENTABLE.search(value):
-        raise errors.UnrepresentableValue(
-            f"{where} holds a control character that XML 1.0 cannot carry; read it with an SDK (JSON 1.1)"
-        )
-    return value.translate(_ESCAPES)
-
-
-def iso8601(value: Any) -> str:
-    """A timestamp as sent by the upstream (epoch seconds, int or float, or an ISO string) as ISO 8601 UTC with
-    milliseconds: ``2018-04-11T20:05:45.713Z``."""
-    if isinstance(value, datetime.datetime):
-        stamp = value
-    elif isinstance(value, (int, float)):
-        stamp = datetime.datetime.fromtimestamp(value, datetime.UTC)
-    else:
-        stamp = parse_timestamp(value)
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.UTC)
-    stamp = stamp.astimezone(datetime.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
 def _render(shape: Shape, value: Any, name: str, out: list[str]) -> None:
     kind = shape.type_name
     if kind == "structure":
@@ -393,25 +357,11 @@ class StrictJSONParser(JSONParser):
         return json.loads(body_contents) if body_contents else {}
 
 
-READ_PREFIXES = ("Get", "Describe", "List", "BatchGet")
-# The model's shapes whose values name a secret in an input (SecretId, CreateSecret's Name, SecretIdList
-# members, CrossAccountReplicaARN ...).
-SECRET_ID_SHAPES = frozenset({"SecretIdType", "NameType", "SecretARNType", "SecretNameType"})
-# ... and in an output (ARN, Name, APIErrorType's SecretId). NameType is left out: answers also use it for
-# things that are not secrets (ValidationErrorsEntry.CheckName), and every output Name of that shape sits
-# beside an ARN.
-OUTPUT_SECRET_ID_SHAPES = frozenset({"SecretIdType", "SecretARNType", "SecretNameType"})
-
-
-def is_read_operation(name: str) -> bool:
-    """Reads (``Get*``, ``Describe*``, ``List*``, ``BatchGet*``) may be retried (SPEC section 5)."""
-    return name.startswith(READ_PREFIXES)
-
-
 def operation_of(op: OperationModel, data: dict[str, Any]) -> Operation:
     """The :class:`~proxy.models.Operation` for ``op`` with its decoded input ``data`` (from the Query
     parameters or an SDK call's JSON body alike): the secret ids it names, whether it is a read, and whether it
-    may be retried (SPEC section 5: a read, or a write whose input has an idempotency token)."""
+    may be retried (docs/interface.md, "The upstream request": a read, or a write whose input has an idempotency
+    token)."""
     return Operation(
         name=op.name,
         input=data,
@@ -447,7 +397,8 @@ class Translator:
         return frozenset(self._operations)
 
     def operation_model(self, action: str, version: str | None) -> OperationModel:
-        """The model of ``Action``; raises MissingAction, InvalidAction or NoSuchVersion (SPEC section 6)."""
+        """The model of ``Action``; raises MissingAction, InvalidAction or NoSuchVersion (docs/interface.md,
+        "Errors")."""
         if not action:
             raise errors.MissingAction("the request has no Action parameter (e.g. Action=GetSecretValue)")
         op = self._operations.get(action)
@@ -475,7 +426,7 @@ class Translator:
         request_id: str,
         keep: Callable[[str], bool] | None = None,
     ) -> bytes:
-        """A successful JSON 1.1 answer as the Query XML document of SPEC section 6 (UTF-8 bytes).
+        """A successful JSON 1.1 answer as the Query XML document of docs/interface.md, "Success answers" (UTF-8 bytes).
 
         ``keep`` (``policy.allow_secrets``' test, None for any secret) filters the answer with
         :func:`visible_output` before it is rendered. Raises BadGateway when the body is not the JSON the model
@@ -572,8 +523,8 @@ def _named_secrets(shape: StructureShape, value: dict[str, Any]) -> list[str]:
 
 
 def visible_output(shape: Shape, value: Any, keep: Callable[[str], bool]) -> Any:
-    """The parsed output ``value`` of ``shape`` with every secret ``keep`` refuses taken out (SPEC section 5:
-    no secret value or metadata outside ``allow_secrets`` reaches the client).
+    """The parsed output ``value`` of ``shape`` with every secret ``keep`` refuses taken out (docs/interface.md,
+    "Policy": no secret value or metadata outside ``allow_secrets`` reaches the client).
 
     Model-driven, no per-operation code: a structure names a secret when it has members of the secret-id
     shapes (:data:`OUTPUT_SECRET_ID_SHAPES`: ``ARN``, ``Name``, ``SecretId``), and it is visible when ``keep``
@@ -619,7 +570,7 @@ _FALLBACK_CODES = {503: "ServiceUnavailable", 403: "AccessDenied"}
 
 
 def upstream_error(response: UpstreamResponse) -> errors.UpstreamError:
-    """The error an upstream answer carries, per SPEC section 6.
+    """The error an upstream answer carries, per docs/interface.md, "Errors", "Errors from the upstream".
 
     Code is the JSON ``__type`` (or ``code``) without namespace (``...#``) or ``:`` suffix, the awsQuery-compatible
     ``x-amzn-query-error`` header when present, or the ``<Code>`` of an XML error body; with none (HTML, empty)

@@ -78,8 +78,8 @@ _DECODED_AWAY = frozenset({"content-encoding", "content-length"})
 
 def check_status(status: int) -> None:
     """Only final answers are passed on: 2xx, 4xx and 5xx. Raises UpstreamUnexpectedStatus (502, not retried)
-    for a redirect (3xx: never followed, the upstream comes from the configuration only, SPEC section 5), an
-    interim or upgrade answer (1xx) and a status outside 100-599."""
+    for a redirect (3xx: never followed, the upstream comes from the configuration only, docs/interface.md, "The
+    upstream request"), an interim or upgrade answer (1xx) and a status outside 100-599."""
     if 200 <= status < 300 or 400 <= status < 600:
         return
     raise errors.UpstreamUnexpectedStatus(

@@ -1,5 +1,5 @@
 """The HTTP rules every Query request passes before its body is read: small ordered rules, each raising one
-error (the Secrets Manager Agent's ``validate_*`` pattern). Sources: SPEC sections 4 and 6.
+error (the Secrets Manager Agent's ``validate_*`` pattern). Sources: docs/interface.md, "HTTP endpoints" and "Errors".
 
 Order matters and is fixed by :data:`RULES`: the Host header first (DNS rebinding), then the caller token
 (``policy.token_header``), the path, the method, the request-target length, the content type and the content
@@ -61,7 +61,8 @@ def host_name(host: str) -> str:
 
 
 def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
-    """Loopback addresses, ``localhost`` and ``listen.allowed_hosts`` entries, with any port (SPEC section 4)."""
+    """Loopback addresses, ``localhost`` and ``listen.allowed_hosts`` entries, with any port (docs/interface.md, "HTTP
+    endpoints")."""
     if not host:
         return False
     name = host_name(host.strip()).lower().rstrip(".")

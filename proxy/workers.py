@@ -1,4 +1,4 @@
-"""``--workers N``: N processes serving the same ports, for more than one core (SPEC section 2).
+"""``--workers N``: N processes serving the same ports, for more than one core (docs/interface.md, "Command line").
 
 One Python process answers on one core. With ``--workers N`` the parent loads and checks the configuration,
 reserves the Query ports (a port 0 becomes a concrete free port, so that every worker binds the same one),

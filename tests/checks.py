@@ -1,5 +1,5 @@
-"""Assertions shared by the integration tests: an answer is the SPEC section 6 ErrorResponse, read the way a
-legacy SDK reads it (botocore's QueryParser); the keys of an access line (SPEC section 7)."""
+"""Assertions shared by the integration tests: an answer is the ErrorResponse of docs/interface.md, "Errors", read the way a
+legacy SDK reads it (botocore's QueryParser); the keys of an access line (docs/interface.md, "Logs and metrics")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from botocore.parsers import QueryParser
 
 from tests.support import RawResponse
 
-# every key of the JSON access line, one per request (SPEC section 7)
+# every key of the JSON access line, one per request (docs/interface.md, "Logs and metrics")
 ACCESS_LINE_KEYS = frozenset(
     {
         "time",

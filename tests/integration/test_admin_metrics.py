@@ -1,4 +1,4 @@
-"""The admin listener (SPEC section 3 ``admin``) and the metrics, through the real listeners.
+"""The admin listener (docs/interface.md, "HTTP endpoints", ``admin``) and the metrics, through the real listeners.
 
 The proxy runs as it does in a pod: :func:`proxy.app.serve` with the Query API on one port and the admin
 listener (/healthz, /readyz, /metrics) on another, against moto's server with signature checking on.

@@ -1,5 +1,5 @@
 """Attacks through the real listener: what an app (or anything else that reaches the loopback port) and a
-hostile upstream can try, and the SPEC section 6 answer each must get. Never a 500, never a hang, never an
+hostile upstream can try, and the answer of docs/interface.md, "Errors" each must get. Never a 500, never a hang, never an
 upstream call the rules deny, never a secret outside ``policy.allow_secrets``."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_sdk_list_secrets_shows_only_allowed_secrets(start_proxy: Any, hidden_se
 
 
 def test_sdk_answer_about_another_secret_is_denied(start_proxy: Any, emulator: Any, hidden_secret: str) -> None:
-    """A partial ARN that the pattern admits but AWS resolves to a secret outside it (SPEC section 5)."""
+    """A partial ARN that the pattern admits but AWS resolves to a secret outside it (docs/interface.md, "Policy")."""
     proxy = start_proxy(policy={"allow_secrets": ["attack/hidden"]})
     arn = emulator.direct().describe_secret(SecretId=hidden_secret)["ARN"]
     partial = arn.rsplit("-", 1)[0]  # arn:...:secret:attack/hidden-xxxxxx: reads as the full ARN of attack/hidden
@@ -63,7 +63,7 @@ def test_sdk_answer_about_another_secret_is_denied(start_proxy: Any, emulator: A
 
 
 # ---------------------------------------------------------------------------------------------------------
-# a hostile upstream: every answer it can make ends in a SPEC section 6 answer, never a 500 of the proxy's own
+# a hostile upstream: every answer it can make ends in an answer of docs/interface.md, "Errors", never a 500 of the proxy's own
 
 QUERY = "/?Action=GetSecretValue&Version=2017-10-17&SecretId=app%2Fdb"
 DEEP = b"[" * 100_000

@@ -1,4 +1,4 @@
-"""The command line as a user runs it (SPEC section 2): real subprocesses, real signals."""
+"""The command line as a user runs it (docs/interface.md, "Command line"): real subprocesses, real signals."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def start_local() -> subprocess.Popen[bytes]:
 
 
 def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
-    """SPEC section 8, as the README runs it: the printed curl URL answers GetSecretValueResponse XML."""
+    """docs/interface.md, "The embedded local upstream", as the README runs it: the printed curl URL answers GetSecretValueResponse XML."""
     with reaped(start_local()) as proc:
         m = read_until(proc, re.compile(rb"curl -s '([^']+)'"), timeout=120)
         url = m.group(1).decode()

@@ -1,4 +1,4 @@
-"""Client headers have no power (SPEC sections 4 and 5), seen from a recording upstream over verified TLS:
+"""Client headers have no power (docs/interface.md, "The upstream request"), seen from a recording upstream over verified TLS:
 nothing the client sends in headers is forwarded or signed, the upstream host never comes from the request,
 and the Host header sent is the host that was signed."""
 

@@ -1,4 +1,4 @@
-"""Compression (SPEC sections 5 and 6): the proxy asks the upstream for identity encoding; an upstream that
+"""Compression (docs/interface.md, "HTTP endpoints" and "The upstream request"): the proxy asks the upstream for identity encoding; an upstream that
 answers gzip regardless is decoded, and a client never gets plain bytes labelled gzip nor gzip it did not
 ask for."""
 

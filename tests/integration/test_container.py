@@ -46,7 +46,7 @@ def test_healthcheck_passes_on_a_live_proxy_and_fails_after_it_stops(tmp_path: P
     config["admin"] = {"host": "127.0.0.1", "port": 0}
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(config))
-    # No credentials anywhere: the proxy still serves /healthz (SPEC section 2), /readyz stays 503.
+    # No credentials anywhere: the proxy still serves /healthz (docs/interface.md, "Exit codes"), /readyz stays 503.
     env = {**os.environ, "AWS_REGION": "eu-west-1"}
     with ProxyProcess(["--config", str(path)], tmp_path, env=env) as proxy:
         proxy.wait_listening()

@@ -1,4 +1,4 @@
-"""SPEC section 6, row by row, through the real listener (served as the CLI serves it, plain HTTP and HTTPS):
+"""docs/interface.md, "Errors", row by row, through the real listener (served as the CLI serves it, plain HTTP and HTTPS):
 each error the proxy raises itself is the right status and Code, parses with botocore's QueryParser as an
 ErrorResponse, carries one request id (XML and ``x-amzn-RequestId``), and made no upstream call.
 
@@ -362,7 +362,7 @@ def test_chunked_body_under_limit_is_served(proxy: Listener) -> None:
 
 
 def test_target_of_exactly_the_limit_passes(proxy: Listener) -> None:
-    """``max_get_url_bytes`` is measured on the raw target; a target of exactly the limit passes (SPEC 4)."""
+    """``max_get_url_bytes`` is measured on the raw target; a target of exactly the limit passes (docs/interface.md, "HTTP endpoints")."""
     head = f"/?Action=GetSecretValue&{Q}&SecretId=app%2F"
     target = head + "x" * (2048 - len(head))
     assert len(target) == 2048

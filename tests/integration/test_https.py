@@ -1,4 +1,4 @@
-"""HTTPS rules (SPEC sections 2, 3 and 5): an http:// upstream is refused at start-up unless allowed (with a
+"""HTTPS rules (docs/interface.md, "Configuration"): an http:// upstream is refused at start-up unless allowed (with a
 warning at every start); upstream TLS is always verified; the listener is loopback unless it serves HTTPS;
 ``localhost`` is both loopback addresses."""
 

@@ -1,4 +1,4 @@
-"""Logs as an operator sees them (SPEC section 7): the real ``query-signing-proxy`` process against moto's
+"""Logs as an operator sees them (docs/interface.md, "Logs and metrics"): the real ``query-signing-proxy`` process against moto's
 server, JSON lines on stderr, one access line per request whose request id is also the ``x-amzn-RequestId``
 header and the XML ``RequestId``; ``--log-level`` filters by level."""
 

@@ -1,4 +1,4 @@
-"""Logs (SPEC section 7) with DEBUG on for the proxy's, botocore's and aiohttp's loggers, through real traffic
+"""Logs (docs/interface.md, "Logs and metrics") with DEBUG on for the proxy's, botocore's and aiohttp's loggers, through real traffic
 against the emulator (role assumption, signature checking on): one JSON access line per request, and no
 secret access key, session token, ``Signature=`` value, caller token or secret value anywhere; access key
 ids appear masked at most."""

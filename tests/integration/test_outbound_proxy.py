@@ -1,4 +1,4 @@
-"""Outbound HTTP proxies (SPEC section 3: HTTPS_PROXY / NO_PROXY as botocore honours them). The proxy reads
+"""Outbound HTTP proxies (docs/interface.md, "Configuration": HTTPS_PROXY / NO_PROXY as botocore honours them). The proxy reads
 them once per upstream URL instead of on every request (proxy/upstream.py); with a proxy the request goes
 through it with CONNECT (aiohttp's client), without one (or with the host in NO_PROXY) it goes straight to
 the upstream (aiohttp's client). A real CONNECT proxy on loopback records what it tunnels."""

@@ -1,5 +1,5 @@
 """Policy through the real listener against the emulator (signature checking on): allow_actions,
-allow_secrets by name and ARN, and secrets selected by filter, whose answers are filtered (SPEC section 5)."""
+allow_secrets by name and ARN, and secrets selected by filter, whose answers are filtered (docs/interface.md, "Policy")."""
 
 from __future__ import annotations
 

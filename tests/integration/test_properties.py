@@ -2,7 +2,7 @@
 form bodies and header sets never get a 500, every answer the application writes is well-formed XML with one
 request id, and no upstream call is ever made that the rules deny.
 
-The oracle for "denied" is written here from SPEC sections 3 to 5, independently of proxy.policy: with the
+The oracle for "denied" is written here from docs/interface.md, "Policy", independently of proxy.policy: with the
 default ``allow_actions`` only ``Get*``/``Describe*``/``List*``/``BatchGet*`` operations may reach the upstream,
 with ``allow_secrets: [app/*]`` only secrets named ``app/...`` (or ARNs of them), and only for requests that
 carry the caller token and an allowed Host. The example budget is fixed (CI time stays small).
@@ -113,7 +113,7 @@ class Prop:
             assert len(calls) == 1
         content_type = resp.header("Content-Type") or ""
         if not content_type.startswith("text/xml"):
-            # only the HTTP parser answers before the application (SPEC 6): a 4xx in plain text
+            # only the HTTP parser answers before the application (docs/interface.md, "Errors"): a 4xx in plain text
             assert 400 <= resp.status < 500 and not calls, (resp.status, resp.headers)
             return
         if method == "HEAD":

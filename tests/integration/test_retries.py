@@ -1,4 +1,4 @@
-"""Retries (issue 5, item 2; SPEC section 5): botocore standard-mode semantics, only for reads and writes
+"""Retries (issue 5, item 2; docs/interface.md, "The upstream request"): botocore standard-mode semantics, only for reads and writes
 carrying an idempotency token, each attempt signed afresh; the attempt count in the access line and metrics."""
 
 from __future__ import annotations

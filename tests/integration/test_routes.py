@@ -1,4 +1,4 @@
-"""Several services in one process (``routes:``, SPEC section 3): one more listener per route on
+"""Several services in one process (``routes:``, docs/interface.md, "Configuration"): one more listener per route on
 ``listen.host``, each with its own upstream and policy, sharing the credentials and limits. Runs the real
 :func:`proxy.app.serve` (the CLI's code path) in a thread against moto with signature checking on."""
 

@@ -1,4 +1,4 @@
-"""Graceful shutdown (issue 5, item 5; SPEC section 2): the real CLI in a child process, SIGTERM while
+"""Graceful shutdown (issue 5, item 5; docs/interface.md, "Signals and shutdown"): the real CLI in a child process, SIGTERM while
 requests are in flight against an upstream that takes 2 s."""
 
 from __future__ import annotations

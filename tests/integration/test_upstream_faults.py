@@ -1,4 +1,4 @@
-"""Upstream faults (issue 5, item 6): each gives the answer of SPEC section 6 -- never a hang, never a 500.
+"""Upstream faults (issue 5, item 6): each gives the answer of docs/interface.md, "Errors" -- never a hang, never a 500.
 Real aiohttp fault servers over TLS on loopback; name resolution through an injected resolver."""
 
 from __future__ import annotations

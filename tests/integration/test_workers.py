@@ -1,4 +1,4 @@
-"""``--workers N`` (SPEC section 2): the real CLI in a child process; N workers share the Query port
+"""``--workers N`` (docs/interface.md, "Command line"): the real CLI in a child process; N workers share the Query port
 (SO_REUSEPORT), each with its own admin port, stop together on SIGTERM, and one that dies stops the rest."""
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from proxy.cache import SecretCache, cacheable_read, wants_refresh
 from proxy.config import CacheConfig
 from proxy.metrics import Metrics
 from proxy.models import Operation, UpstreamResponse
-from proxy.translate import SECRET_ID_SHAPES, Translator, is_read_operation, secret_ids
+from proxy.shapes import SECRET_ID_SHAPES, is_read_operation
+from proxy.translate import Translator, secret_ids
 from tests.clocks import ManualClock
 
 MODEL = botocore.session.get_session().get_service_model("secretsmanager")

@@ -1,4 +1,4 @@
-"""The config's security rules (SPEC section 3): HTTPS upstream, loopback listener unless TLS, token files."""
+"""The config's security rules (docs/interface.md, "Configuration"): HTTPS upstream, loopback listener unless TLS, token files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The input bounds of proxy.translate.decode_input (SPEC section 3 limits, section 4 indices): counts,
+"""The input bounds of proxy.translate.decode_input (docs/interface.md, "Query requests": limits and indices): counts,
 list and map indices from 1 with no gaps. Map inputs are checked on a small model (Secrets Manager has none)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``routes:`` in the config (SPEC section 3): port clashes and each route's service and policy are checked
+"""``routes:`` in the config (docs/interface.md, "Configuration"): port clashes and each route's service and policy are checked
 with the dotted key of the route."""
 
 from __future__ import annotations

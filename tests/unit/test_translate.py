@@ -14,7 +14,8 @@ from botocore.serialize import QuerySerializer
 
 from proxy import errors
 from proxy.models import UpstreamResponse
-from proxy.translate import InputLimits, Translator, decode_input, iso8601, upstream_error, xml_text
+from proxy.shapes import iso8601, xml_text
+from proxy.translate import InputLimits, Translator, decode_input, upstream_error
 from tests.support import query_model
 
 SESSION = botocore.session.get_session()
