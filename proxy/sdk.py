@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import json
 import math
 import uuid
@@ -299,11 +300,15 @@ async def handle_sdk(request: web.Request) -> web.StreamResponse:
     service.policy.check(operation)
     headers, payload = service.translator.json_request(operation)
     keep, output = service.policy.answer_filter, op.output_shape
+    # a write leaves no cached answer of the secrets it names, in any worker, before it is answered (the
+    # relay writes as it reads: its hook runs before the first byte; the finally covers errors and timeouts)
+    forget = None
+    if not operation.is_read and service.cache.enabled:
+        forget = functools.partial(service.cache.invalidate, operation.secret_ids)
     try:
         if keep is not None and output is not None and names_secrets(output):
             return await filtered_answer(service, ctx, operation, output, headers, payload, keep)
-        return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
+        return await relay(request, service, ctx, operation, headers, payload, AWS_JSON, answered=forget)
     finally:
-        if not operation.is_read and service.cache.enabled:
-            # a write through the SDK path leaves no cached answer of the secrets it names (issue 8)
-            service.cache.invalidate(operation.secret_ids)
+        if forget is not None:
+            forget()
