@@ -34,8 +34,10 @@ from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
 from .guard import CredentialGuard
 from .handler import SERVICE
+from .listing import Listings, PageTokens
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
+from .models import Endpoint
 from .policy import Policy
 from .service import Service
 from .signing import ClockSkew
@@ -68,6 +70,9 @@ class Shared:
     metrics: Metrics
     lifecycle: Lifecycle
     clock_skew: ClockSkew = field(default_factory=ClockSkew)  # the local clock is one per process
+    # the key of the listings' NextToken (proxy/listing.py): made here, in the parent before --workers forks,
+    # so that every worker opens the tokens every other hands out; never logged, gone at exit
+    page_token_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -210,6 +215,19 @@ def build_service(
         clock_skew=shared.clock_skew,
         cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
+        listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
+    )
+
+
+def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endpoint, key: bytes) -> Listings | None:
+    """The listings a service pages itself (:mod:`proxy.listing`), when ``policy.allow_secrets`` is set. Their
+    tokens are bound to this listener: its upstream endpoint and its ``allow_secrets``."""
+    if policy.secrets is None:
+        return None
+    operations = {name: translator.operation_model(name, None) for name in translator.operation_names}
+    scope = "\n".join([endpoint.url, endpoint.region, translator.service_model.service_name, policy.secrets.pattern])
+    return Listings.of_model(
+        operations, PageTokens(key), policy.name_prefixes, scope.encode(), cfg.limits.max_upstream_pages
     )
 
 
