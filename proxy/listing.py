@@ -63,6 +63,7 @@ log = logging.getLogger("proxy.listing")
 Keep = Callable[[str], bool]
 Call = Callable[[dict[str, Any]], Awaitable[UpstreamResponse]]
 
+AWS_JSON_TYPE = "application/x-amz-json-1.1"
 _NAME = "name"
 _MAX_FILTERS = 10  # FiltersListType's max in botocore's model
 _MAX_VALUES = 10  # FilterValuesStringList's max
@@ -331,7 +332,9 @@ class Listings:
         doc: dict[str, Any] = dict(found)
         if position is not None:
             doc["NextToken"] = self._tokens.seal(position, scope)
-        return UpstreamResponse(200, headers, json.dumps(doc, separators=(",", ":")).encode())
+        kept = tuple((k, v) for k, v in headers if k.lower() != "content-type")
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        return UpstreamResponse(200, (*kept, ("Content-Type", AWS_JSON_TYPE)), body)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
