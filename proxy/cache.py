@@ -166,6 +166,7 @@ class SecretCache:
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._tasks: set[asyncio.Future[UpstreamResponse]] = set()
         self.stamps = stamps if stamps is not None else StampTable() if cfg.enabled else None
+        self._words = self.stamps.words if self.stamps is not None else memoryview(b"").cast("Q")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -245,9 +246,8 @@ class SecretCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            stamps = self.stamps
-            assert stamps is not None
-            if stamps.read(entry.slot) != entry.stamp or stamps.read(GLOBAL) != entry.global_stamp:
+            words = self._words
+            if words[entry.slot] != entry.stamp or words[GLOBAL] != entry.global_stamp:
                 self._drop(key, "invalidated")  # a write through some worker since this entry's fetch began
                 return None
             age = now - entry.stored
