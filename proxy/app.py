@@ -41,6 +41,7 @@ from .models import Endpoint
 from .policy import Policy
 from .service import Service
 from .signing import ClockSkew
+from .stamps import StampTable
 from .translate import InputLimits, Translator
 from .upstream import AiohttpUpstream, Upstream
 from .validate import RuleSettings
@@ -73,6 +74,9 @@ class Shared:
     # the key of the listings' NextToken (proxy/listing.py): made here, in the parent before --workers forks,
     # so that every worker opens the tokens every other hands out; never logged, gone at exit
     page_token_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    # the secret cache's stamp table (proxy/stamps.py), one for every listener's cache: a write through a
+    # route is seen by the main listener's cache too; made here too, before the fork
+    stamps: StampTable = field(default_factory=StampTable)
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -213,7 +217,7 @@ def build_service(
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
-        cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
+        cache=SecretCache(cfg.cache, shared.metrics, clock=clock, stamps=shared.stamps),
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
         listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
     )

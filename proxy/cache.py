@@ -165,8 +165,8 @@ class SecretCache:
         self._alias: dict[str, str] = {}  # id as a request gave it, name or ARN -> ARN
         self._flights: dict[tuple[object, ...], _Flight] = {}
         self._tasks: set[asyncio.Future[UpstreamResponse]] = set()
-        self.stamps = stamps if stamps is not None else StampTable() if cfg.enabled else None
-        self._words = self.stamps.words if self.stamps is not None else memoryview(b"").cast("Q")
+        self.stamps = stamps if stamps is not None else StampTable()
+        self._words = self.stamps.words
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -210,8 +210,7 @@ class SecretCache:
         that began before this call; this worker's own entries are dropped at once. Synchronous: call it after
         the upstream answered the write and before the write is answered."""
         ids = list(secret_ids)
-        if self.stamps is not None:
-            self.stamps.bump(ids)
+        self.stamps.bump(ids)
         if not ids:
             for key in list(self._entries):
                 self._drop(key, "invalidated")
@@ -272,7 +271,6 @@ class SecretCache:
 
     async def _shared_fetch(self, read: _Read, fetch: Fetch, refresh: bool) -> UpstreamResponse:
         stamps = self.stamps
-        assert stamps is not None
         key = (read.batch, tuple(self._alias.get(i, i) for i in read.ids), read.version_id, read.stage)
         flight = None if refresh else self._flights.get(key)
         if flight is None or not stamps.current(flight.seen):  # never join a read that began before a write
@@ -301,9 +299,7 @@ class SecretCache:
     def _store(self, read: _Read, body: bytes, seen: dict[int, int]) -> None:
         """Keep the entries of an answer whose fetch began under the stamps ``seen``, unless a write has
         changed one of them since (then the answer may predate the write: it is answered, not kept)."""
-        stamps = self.stamps
-        assert stamps is not None
-        if not stamps.current(seen):
+        if not self.stamps.current(seen):
             return
         doc = _json_object(body)
         if doc is None:

@@ -562,3 +562,26 @@ def test_workers_a_read_in_flight_in_one_worker_is_not_kept_after_a_write_throug
             read_through_every_worker(port, admins, "app/db", latest)  # and not kept by B
             assert metric_sum(b, 'query_signing_proxy_cache_hits_total{freshness="fresh"}') > 0
             assert proxy.stop() == 0
+
+
+def test_a_write_through_a_route_is_seen_by_the_main_listeners_cache(emulator: Any, demo_env: None) -> None:
+    """Two listeners of one process fronting the same Secrets Manager (``routes:``), each with its own cache:
+    they share the stamp table, so a write through one leaves no stale read on the other."""
+    from tests.serving import Served
+    from tests.support import proxy_config
+
+    upstream = {"region": REGION, "endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
+    cfg = proxy_config(
+        emulator.server,
+        cache={"enabled": True},
+        policy={"allow_actions": ["*"]},
+        routes=[{"port": 0, "upstream": upstream, "policy": {"allow_actions": ["*"]}}],
+    )
+    name = unique("route")
+    emulator.direct().create_secret(Name=name, SecretString="v1")
+    with Served(cfg) as served:
+        main, route = served.port, served.route_ports[0]
+        assert value(main, name) == "v1" and value(main, name) == "v1"  # cached by the main listener
+        target = f"/?Action=PutSecretValue&SecretId={quote(name, safe='')}&SecretString=v2&Version=2017-10-17"
+        assert raw_request(route, "GET", target).status == 200
+        assert value(main, name) == "v2"
