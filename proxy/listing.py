@@ -294,18 +294,18 @@ class Listings:
             calls += 1
             try:
                 response = await call(request)
-            except errors.ProxyError:
+                doc = _json_object(response.body) if response.status < 300 else None
+            except errors.ProxyError:  # unreachable, timed out, a body that is not JSON ...
                 if calls == 1:
                     raise
                 log.info("listing page stopped early", extra={"reason": "upstream failure", "calls": calls})
                 return self._page(found, position, scope, headers)
-            if response.status >= 300:
+            if doc is None:  # an error answer
                 if calls == 1:
                     return response
                 log.info("listing page stopped early", extra={"reason": "upstream error", "calls": calls})
                 return self._page(found, position, scope, headers)
             headers = response.headers
-            doc = _json_object(response.body)
             entries = [(name, item) for name, _ in listing.items for item in _list(doc.get(name))]
             upstream = doc.get("NextToken")
             after = Position(upstream, 0) if isinstance(upstream, str) and upstream else Position(ended=True)

@@ -239,3 +239,20 @@ async def test_at_the_bound_and_after_an_upstream_error_the_page_ends_with_a_tok
     assert [e["Name"] for e in doc["SecretList"]] == ["app/a"] and "NextToken" in doc
     again = TRANSLATOR.decode("ListSecrets", None, [("MaxResults", "2"), ("NextToken", doc["NextToken"])])
     assert (await lst.answer(listing, again, policy.answer_filter, failing.call)).status == 503  # first call
+
+
+async def test_a_later_page_that_is_not_json_ends_the_page_with_a_token() -> None:
+    names = ["app/a", *(f"hid/{i:03}" for i in range(150)), "app/b"]
+    upstream = Upstream(names)
+    real = upstream.call
+
+    async def call(data: dict[str, Any]) -> UpstreamResponse:
+        answer = await real(data)
+        return answer if upstream.calls == 1 else UpstreamResponse(200, (), b"<html>proxy error</html>")
+
+    lst, policy = listings(("*app/*",), max_pages=10)
+    operation = TRANSLATOR.decode("ListSecrets", None, [("MaxResults", "2")])
+    listing = lst.pages(operation)
+    assert listing is not None and policy.answer_filter is not None
+    doc = json.loads((await lst.answer(listing, operation, policy.answer_filter, call)).body)
+    assert [e["Name"] for e in doc["SecretList"]] == ["app/a"] and "NextToken" in doc
