@@ -340,7 +340,8 @@ class Rig:
 
 @pytest.fixture
 def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
-    """The fake upstream over TLS and the proxy in front of it: ttl 10 s, stale 30 s, one attempt each."""
+    """The fake upstream over TLS and the proxy in front of it: ttl 10 s, stale 30 s, one attempt each, a read
+    timeout of 2 s (held answers are released well within it, also on a loaded machine)."""
     server_ctx, ca_file = tls
     upstream = FakeSecretsManager()
     clock = Clock()
@@ -355,7 +356,7 @@ def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
                     "endpoint_url": server.url,
                     "ca_bundle": ca_file,
                     "max_attempts": 1,
-                    "read_timeout_seconds": 0.5,
+                    "read_timeout_seconds": 2,
                     "total_timeout_seconds": 5,
                 },
                 "cache": {"enabled": True, "ttl_seconds": 10, "serve_stale_seconds": 30},
