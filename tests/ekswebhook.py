@@ -78,7 +78,9 @@ def eks_webhook(pod: dict[str, Any], mode: str = "irsa", honors_skip: bool = Tru
     if mode == "pod-identity":
         labels = pod.get("metadata", {}).get("labels")
         if labels is None:
-            ops.append({"op": "add", "path": "/metadata/labels", "value": {"eks.amazonaws.com/pod-identity": "enabled"}})
+            ops.append(
+                {"op": "add", "path": "/metadata/labels", "value": {"eks.amazonaws.com/pod-identity": "enabled"}}
+            )
         else:
             ops.append({"op": "add", "path": "/metadata/labels/eks.amazonaws.com~1pod-identity", "value": "enabled"})
     volume = {

@@ -172,7 +172,7 @@ def test_the_readme_quick_start_sdk_command_reads_the_demo_secret() -> None:
 def test_the_shipped_configs_check_with_a_region_as_the_readme_says() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "AWS_REGION=eu-west-1 query-signing-proxy check-config config/proxy.yaml" in readme
-    for path in ("config/proxy.yaml", "config/container.yaml", "config/local.yaml", "deploy/components/sidecar/proxy.yaml"):
+    for path in ("config/proxy.yaml", "config/container.yaml", "config/local.yaml", "deploy/base/proxy.yaml"):
         out = run("check-config", path, env={**clean_aws_environ(), "AWS_REGION": "eu-west-1"})
         assert out.returncode == 0, f"{path}: {out.stderr}"
     out = run("check-config", "config/proxy.yaml")

@@ -145,13 +145,17 @@ def validate(pod: dict[str, Any], version: str = LATEST) -> None:
     try:
         kubernetes_validate.validate(pod, version, strict=True)
     except kubernetes_validate.ValidationError as exc:
-        raise AssertionError(f"{pod['metadata'].get('name') or pod['metadata'].get('generateName')}: {exc.message}") from exc
+        raise AssertionError(
+            f"{pod['metadata'].get('name') or pod['metadata'].get('generateName')}: {exc.message}"
+        ) from exc
 
 
 def annotated(pod: dict[str, Any], **annotations: str) -> dict[str, Any]:
     pod = copy.deepcopy(pod)
     pod.setdefault("metadata", {}).setdefault("annotations", {}).update(INJECT)
-    pod["metadata"]["annotations"].update({f"query-signing-proxy.io/{k.replace('_', '-')}": v for k, v in annotations.items()})
+    pod["metadata"]["annotations"].update(
+        {f"query-signing-proxy.io/{k.replace('_', '-')}": v for k, v in annotations.items()}
+    )
     return pod
 
 
@@ -302,7 +306,9 @@ def test_annotations_override_the_flags(injector: Injector) -> None:
     assert sidecar["image"] == "123456789012.dkr.ecr.us-west-2.amazonaws.com/qsp:0.2.0"
     assert "127.0.0.1:9977" in sidecar["args"] and "0.0.0.0:9978" in sidecar["args"]
     assert sidecar["ports"][0]["containerPort"] == 9978
-    assert {v["name"]: v for v in new["spec"]["volumes"]}["query-signing-proxy-config"]["configMap"]["name"] == "shop-proxy"
+    assert {v["name"]: v for v in new["spec"]["volumes"]}["query-signing-proxy-config"]["configMap"][
+        "name"
+    ] == "shop-proxy"
     for app in apps(new):
         assert env_of(app)["AWS_ENDPOINT_URL_SECRETS_MANAGER"] == "http://127.0.0.1:9977"
         assert env_of(app)["AWS_REGION"] == "us-west-2"
@@ -343,8 +349,12 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("annotations", "named"), REFUSALS, ids=[r[1].split(":")[0] + "-" + str(i) for i, r in enumerate(REFUSALS)])
-def test_a_bad_annotation_refuses_the_pod_naming_it(injector: Injector, annotations: dict[str, str], named: str) -> None:
+@pytest.mark.parametrize(
+    ("annotations", "named"), REFUSALS, ids=[r[1].split(":")[0] + "-" + str(i) for i, r in enumerate(REFUSALS)]
+)
+def test_a_bad_annotation_refuses_the_pod_naming_it(
+    injector: Injector, annotations: dict[str, str], named: str
+) -> None:
     pod = annotated(load_pod("web-with-migrations.yaml"))
     pod["metadata"]["annotations"].update(annotations)
     response = injector.review(pod)
@@ -370,7 +380,9 @@ def test_host_network_pods_are_refused(injector: Injector) -> None:
 
 def test_a_malformed_pod_is_refused_not_crashed_on(injector: Injector) -> None:
     for spec in ({"containers": "web"}, {"containers": []}, {"containers": [{"name": "a", "env": {"A": "1"}}]}):
-        response = injector.review({"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": INJECT}, "spec": spec})
+        response = injector.review(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": INJECT}, "spec": spec}
+        )
         assert response["allowed"] is False and response["status"]["message"].startswith("query-signing-proxy: spec.")
 
 
@@ -412,6 +424,7 @@ def test_the_log_has_one_line_per_review_and_no_pod_contents(injector: Injector)
 def chain(pod: dict[str, Any], injector: Injector, order: str, mode: str, honors_skip: bool = True) -> dict[str, Any]:
     """The pod after the mutating admission phase: the webhooks in ``order``; the injector
     (reinvocationPolicy: IfNeeded) once more when a webhook after it changed the pod."""
+
     def eks(p: dict[str, Any]) -> dict[str, Any]:
         return jsonpatch.apply_patch(p, eks_webhook(p, mode, honors_skip))  # type: ignore[no-any-return]
 
