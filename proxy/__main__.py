@@ -275,7 +275,7 @@ def run_iam_policy(argv: Sequence[str]) -> int:
                 from .app import botocore_session
 
                 model = botocore_session().get_service_model("secretsmanager")
-                policy = permission_policy(cfg, model.operation_names, args.account_id)
+                policy = permission_policy(cfg, model, args.account_id)
                 for line in not_covered(cfg):
                     print(f"query-signing-proxy: note: {line}", file=sys.stderr)
     except (ConfigError, PolicyInputError) as exc:

