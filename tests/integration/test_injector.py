@@ -9,6 +9,7 @@ import base64
 import copy
 import json
 import os
+import re
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -543,3 +544,61 @@ def test_certificate_files_that_do_not_load_exit_2(tmp_path: Path, ca: trustme.C
     with injector.process as process:
         assert process.process is not None and process.process.wait(60) == 2
     assert "--tls-cert-file/--tls-key-file" in injector.log()
+
+
+def test_the_self_signed_command_makes_a_pair_the_injector_serves_and_the_api_server_verifies(tmp_path: Path) -> None:
+    """deploy/injector/self-signed-cert.sh (docs/injector.md): the API server calls the Service's DNS name and
+    verifies against the caBundle the script prints."""
+    import socket
+    import subprocess
+
+    out = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "injector" / "self-signed-cert.sh"), str(tmp_path / "tls"), "shop-system"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    ca_bundle = base64.b64decode(out.stdout.strip())
+    assert ca_bundle == (tmp_path / "tls" / "ca.crt").read_bytes()
+    args = ["injector", "--listen", "127.0.0.1:0", "--tls-cert-file", str(tmp_path / "tls" / "tls.crt")]
+    args += ["--tls-key-file", str(tmp_path / "tls" / "tls.key"), "--image", IMAGE]
+    with ProxyProcess(args, tmp_path, env=clean_aws_environ()) as process:
+
+        def listening() -> dict[str, Any] | None:
+            return next((line for line in process.lines() if line.get("message") == "listening"), None)
+
+        port = poll(listening, 60, "the injector's listening line")["port"]
+        context = ssl.create_default_context(cadata=ca_bundle.decode())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="query-signing-proxy-injector.shop-system.svc") as tls:
+                tls.sendall(
+                    b"GET /healthz HTTP/1.1\r\nHost: query-signing-proxy-injector.shop-system.svc\r\nConnection: close\r\n\r\n"
+                )
+                assert tls.recv(64).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                context.wrap_socket(raw, server_hostname="query-signing-proxy-injector.other.svc")
+
+
+def test_the_sidecar_the_injector_writes_starts_with_its_command_line(tmp_path: Path) -> None:
+    """The sidecar's args (ports made free ones) with the sample's config and the sidecar's AWS_REGION: the proxy
+    serves the Query API on loopback and the admin endpoints where --admin-listen says."""
+    from proxy.injector import PodSettings, sidecar_container
+
+    sidecar = sidecar_container(PodSettings(IMAGE, "query-signing-proxy", REGION, 8977, 8978, True, "native"))
+    config = tmp_path / "proxy.yaml"
+    config.write_text((ROOT / "deploy" / "base" / "proxy.yaml").read_text())
+    args = [a.replace("/etc/query-signing-proxy/proxy.yaml", str(config)) for a in sidecar["args"]]
+    args = [re.sub(r":89\d\d$", ":0", a).replace("0.0.0.0:", "127.0.0.1:") for a in args]
+    env = clean_aws_environ() | {e["name"]: e["value"] for e in sidecar["env"]}
+    with ProxyProcess(args, tmp_path, env=env) as process:
+        line = process.wait_listening()
+        assert line["host"] == "127.0.0.1" and line["admin_port"] not in (None, line["port"])
+        process.wait_status(f"http://127.0.0.1:{line['admin_port']}/healthz", 200)
+        process.wait_status(f"http://127.0.0.1:{line['admin_port']}/readyz", 503)  # no credentials here
+        assert process.stop() == 0
+    bad = ProxyProcess(["--config", str(config), "--admin-listen", "0.0.0.0"], tmp_path, env=env)
+    with bad as process:
+        assert process.process is not None and process.process.wait(60) == 2
+    assert "--admin-listen: expected HOST:PORT" in (tmp_path / "stderr.log").read_text()
