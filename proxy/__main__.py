@@ -190,7 +190,7 @@ def run_local(argv: Sequence[str]) -> int:
 
 
 def run_injector(argv: Sequence[str]) -> int:
-    """``query-signing-proxy injector``: the mutating admission webhook (docs/injector.md)."""
+    """``query-signing-proxy injector``: the mutating admission webhook (docs/add-to-your-app.md)."""
     from .injector import Defaults, InjectionRefused, check_config_map, check_image, check_region
     from .injector import check_port as _check_port
 

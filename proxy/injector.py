@@ -1,5 +1,5 @@
 """The sidecar injector's pod mutation: a pod annotated ``query-signing-proxy.io/inject: "true"`` in, the same pod
-with query-signing-proxy beside its containers out (docs/injector.md; served by :mod:`proxy.webhook`).
+with query-signing-proxy beside its containers out (docs/add-to-your-app.md; served by :mod:`proxy.webhook`).
 
 Pure functions of the pod (a dict as the API server sends it in an AdmissionReview) and the injector's flags:
 nothing is read from the cluster. The whole new pod is built and checked before anything is answered, so a pod
@@ -151,7 +151,7 @@ def settings_for(annotations: Mapping[str, str], defaults: Defaults) -> PodSetti
 
     Every annotation under ``query-signing-proxy.io/`` is checked, on every pod (a misspelt one is refused,
     not ignored). Raises InjectionRefused naming the annotation: unknown name, non-string value, or a value
-    out of its rule (docs/injector.md has the table).
+    out of its rule (docs/add-to-your-app.md has the table).
     """
     ours: dict[str, str] = {}
     for key, value in annotations.items():

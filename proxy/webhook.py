@@ -1,5 +1,5 @@
 """``query-signing-proxy injector``: the mutating admission webhook that serves :mod:`proxy.injector` over TLS
-(docs/injector.md).
+(docs/add-to-your-app.md).
 
 ``POST /mutate`` takes an AdmissionReview (``admission.k8s.io/v1``, Kubernetes documentation "Dynamic Admission
 Control") and answers one: ``allowed`` with a base64 JSONPatch for a pod to inject, ``allowed`` without a patch

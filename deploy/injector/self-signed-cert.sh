@@ -1,5 +1,5 @@
 #!/bin/sh
-# A self-signed CA and the injector's serving certificate, without cert-manager (docs/injector.md):
+# A self-signed CA and the injector's serving certificate, without cert-manager (docs/add-to-your-app.md):
 #   deploy/injector/self-signed-cert.sh DIR [NAMESPACE]
 # writes DIR/ca.crt, DIR/tls.crt and DIR/tls.key (openssl; the CA key is not kept) and prints the caBundle
 # (the CA certificate, base64) for the MutatingWebhookConfiguration. Valid 825 days: run it again, re-create

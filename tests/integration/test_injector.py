@@ -547,7 +547,7 @@ def test_certificate_files_that_do_not_load_exit_2(tmp_path: Path, ca: trustme.C
 
 
 def test_the_self_signed_command_makes_a_pair_the_injector_serves_and_the_api_server_verifies(tmp_path: Path) -> None:
-    """deploy/injector/self-signed-cert.sh (docs/injector.md): the API server calls the Service's DNS name and
+    """deploy/injector/self-signed-cert.sh (docs/add-to-your-app.md): the API server calls the Service's DNS name and
     verifies against the caBundle the script prints."""
     import socket
     import subprocess

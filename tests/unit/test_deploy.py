@@ -578,7 +578,7 @@ def injector_docs(variant: str = "cert-manager") -> list[dict[str, Any]]:
     return render_dir(INJECTOR / variant)
 
 
-def test_the_webhook_is_configured_as_docs_injector_md_says() -> None:
+def test_the_webhook_is_configured_as_the_docs_say() -> None:
     docs = injector_docs()
     (hook,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
     assert hook["admissionReviewVersions"] == ["v1"]
