@@ -395,7 +395,8 @@ def _move_credentials(spec: dict[str, Any]) -> None:
 def _skip_apps(metadata: dict[str, Any], spec: dict[str, Any]) -> None:
     """Name every app container (and init container) in ``eks.amazonaws.com/skip-containers``, keeping the
     names already there: the EKS webhook then gives IRSA / Pod Identity credentials to the sidecar alone."""
-    apps = [n for n in _names(_list(spec, "initContainers", "") + _list(spec, "containers", "")) if n != SIDECAR]
+    names = _names(_list(spec, "initContainers", "spec.initContainers") + _list(spec, "containers", "spec.containers"))
+    apps = [n for n in names if n and n != SIDECAR]
     annotations = _dict(metadata, "annotations", "metadata.annotations")
     listed = [n.strip() for n in str(annotations.get(SKIP_CONTAINERS, "")).split(",") if n.strip()]
     if SIDECAR in listed:
