@@ -45,6 +45,7 @@ CREDENTIAL_ENV = (
 )
 TOKEN_FILE_ENV = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
 ALONG_ENV = ("AWS_STS_REGIONAL_ENDPOINTS", "AWS_REGION", "AWS_DEFAULT_REGION")
+EKS_AUDIENCES = ("sts.amazonaws.com", "pods.eks.amazonaws.com")  # of the projected token volumes it adds
 # Plain-container mode: kubelet sends SIGTERM to every container at once; the proxy's preStop hook holds its
 # SIGTERM this long so the app's last requests still pass, then it drains within shutdown_grace_seconds (20).
 CONTAINER_MODE_STOP_DELAY_SECONDS = 10
@@ -392,6 +393,28 @@ def _move_credentials(spec: dict[str, Any]) -> None:
         ]
 
 
+def _check_credentials_reach(spec: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Refuse a pod the EKS webhook has already handled without giving anyone credentials: its token volume is
+    there but no container holds the variables, because the pod's own skip annotation named every container.
+    The EKS webhook is not called again, so the sidecar would never get them."""
+    token_volumes = [
+        v
+        for v in _list(spec, "volumes", "spec.volumes")
+        for source in (v.get("projected") or {}).get("sources") or []
+        if isinstance(source, dict) and (source.get("serviceAccountToken") or {}).get("audience") in EKS_AUDIENCES
+    ]
+    sidecar = next(
+        c for c in _list(spec, "initContainers", "") + _list(spec, "containers", "") if c.get("name") == SIDECAR
+    )
+    if token_volumes and not any(e.get("name") in CREDENTIAL_ENV for e in _list(sidecar, "env", "the sidecar's env")):
+        listed = _dict(metadata, "annotations", "metadata.annotations").get(SKIP_CONTAINERS)
+        raise InjectionRefused(
+            f"metadata.annotations[{SKIP_CONTAINERS}]: {listed!r} kept the EKS webhook, which has already run, "
+            "from giving credentials to any container, so the proxy would have none; leave the annotation to "
+            "the injector (it names the app containers itself)"
+        )
+
+
 def _skip_apps(metadata: dict[str, Any], spec: dict[str, Any]) -> None:
     """Name every app container (and init container) in ``eks.amazonaws.com/skip-containers``, keeping the
     names already there: the EKS webhook then gives IRSA / Pod Identity credentials to the sidecar alone."""
@@ -447,7 +470,10 @@ def mutate(pod: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
                 spec["terminationGracePeriodSeconds"] = CONTAINER_MODE_GRACE_SECONDS
         labels = _dict(metadata, "labels", "metadata.labels")
         metadata["labels"] = {**labels, LABEL: "true"}
-    _move_credentials(spec)
+        _move_credentials(spec)
+        _check_credentials_reach(spec, metadata)
+    else:
+        _move_credentials(spec)
     _skip_apps(metadata, spec)
     return new
 

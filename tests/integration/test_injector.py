@@ -602,3 +602,20 @@ def test_the_sidecar_the_injector_writes_starts_with_its_command_line(tmp_path: 
     with bad as process:
         assert process.process is not None and process.process.wait(60) == 2
     assert "--admin-listen: expected HOST:PORT" in (tmp_path / "stderr.log").read_text()
+
+
+@pytest.mark.parametrize("mode", ["irsa", "pod-identity"])
+def test_a_skip_annotation_of_the_pods_own_naming_every_container(injector: Injector, mode: str) -> None:
+    """Written by hand before the injector existed (the old sample did). Injector first: the names are kept and
+    the sidecar still gets the credentials. EKS webhook first: it gave them to no container and will not run
+    again, so the pod is refused with a message naming the annotation, rather than started with a proxy that
+    can never sign."""
+    pod = annotated(load_pod("web-with-migrations.yaml"))
+    pod["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"] = "nginx,web,migrate,wait-for-db"
+    settled = chain(pod, injector, "injector-first", mode)
+    check_credentials_reach_the_sidecar_only(settled, mode)
+    assert settled["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"] == "nginx,web,migrate,wait-for-db"
+    after_eks = jsonpatch.apply_patch(pod, eks_webhook(pod, mode))
+    response = injector.review(after_eks)
+    assert response["allowed"] is False and "patch" not in response
+    assert "eks.amazonaws.com/skip-containers" in response["status"]["message"]
