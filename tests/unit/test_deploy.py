@@ -526,17 +526,18 @@ def test_the_component_joins_a_deployment_it_has_never_seen(tmp_path: Path) -> N
     ]
 
 
-def test_the_component_without_settings_fails_to_render_naming_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["query-signing-proxy-settings", "query-signing-proxy"])
+def test_the_component_without_its_inputs_fails_to_render_naming_them(tmp_path: Path, missing: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(operator_kustomization(tmp_path, settings=False))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode != 0 and "query-signing-proxy-settings" in out.stderr
+    path = operator_kustomization(tmp_path, settings=missing != "query-signing-proxy-settings")
+    if missing == PROXY:
+        kustomization = yaml.safe_load((path / KUSTOMIZATION).read_text())
+        del kustomization["configMapGenerator"]
+        (path / KUSTOMIZATION).write_text(yaml.safe_dump(kustomization))
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and f"/{missing}" in out.stderr, out.stderr
 
 
 def test_the_component_adds_the_same_sidecar_as_the_injector(tmp_path: Path) -> None:
