@@ -575,12 +575,39 @@ def test_the_component_adds_the_same_sidecar_as_the_injector(tmp_path: Path) -> 
 INJECTOR = DEPLOY / "injector"
 
 
-def injector_docs(variant: str = "cert-manager") -> list[dict[str, Any]]:
-    return render_dir(INJECTOR / variant)
+@pytest.fixture(scope="module")
+def injector_root(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``injector_root(namespace)``: deploy/injector, or a copy with ``namespace:`` changed in both
+    kustomizations as docs/add-to-your-app.md says."""
+
+    def root(namespace: str) -> Path:
+        if namespace == "query-signing-proxy":
+            return INJECTOR
+        copy = tmp_path_factory.mktemp("injector") / "injector"
+        shutil.copytree(INJECTOR, copy)
+        for kustomization in copy.rglob(KUSTOMIZATION):
+            text = kustomization.read_text()
+            assert "\nnamespace: query-signing-proxy\n" in text
+            kustomization.write_text(text.replace("\nnamespace: query-signing-proxy\n", f"\nnamespace: {namespace}\n"))
+        return copy
+
+    return root
 
 
-def test_the_webhook_is_configured_as_the_docs_say() -> None:
-    docs = injector_docs()
+def injector_docs(variant: str = "cert-manager", root: Path = INJECTOR) -> list[dict[str, Any]]:
+    return render_dir(root / variant)
+
+
+NAMESPACES = ["query-signing-proxy", "platform-webhooks"]
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_the_webhook_is_configured_as_the_docs_say(namespace: str, injector_root: Any) -> None:
+    root = injector_root(namespace)
+    base = injector_docs("base", root)
+    assert one(base, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"]["namespace"] == namespace
+    assert one(base, "Service")["metadata"]["namespace"] == namespace
+    docs = injector_docs(root=root)
     (hook,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["sideEffects"] == "None"
@@ -616,10 +643,13 @@ def test_the_webhook_is_configured_as_the_docs_say() -> None:
     assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
 
-def test_the_injectors_certificate_fits_its_service_and_its_webhook() -> None:
-    docs = injector_docs()
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_the_injectors_certificate_fits_its_service_and_its_webhook(namespace: str, injector_root: Any) -> None:
+    root = injector_root(namespace)
+    docs = injector_docs(root=root)
     service = one(docs, "Service")
-    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert service["metadata"]["namespace"] == namespace
+    name = service["metadata"]["name"]
     certificate = one(docs, "Certificate", name)
     assert f"{name}.{namespace}.svc" in certificate["spec"]["dnsNames"]
     deployment = one(docs, "Deployment")
@@ -630,7 +660,7 @@ def test_the_injectors_certificate_fits_its_service_and_its_webhook() -> None:
     issuer = one(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
     assert issuer["spec"]["ca"]["secretName"] == one(docs, "Certificate", f"{name}-ca")["spec"]["secretName"]
     assert "cert-manager.io/inject-ca-from" not in (
-        one(injector_docs("base"), "MutatingWebhookConfiguration")["metadata"].get("annotations") or {}
+        one(injector_docs("base", root), "MutatingWebhookConfiguration")["metadata"].get("annotations") or {}
     )
 
 
