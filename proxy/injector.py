@@ -100,6 +100,11 @@ _IMAGE = re.compile(
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """A value for an error message: quoted, and cut to ``limit`` characters (a message is one short line)."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 def check_image(image: str, key: str) -> str:
     """``image`` if it is a container image reference that names its registry; InjectionRefused naming ``key``.
 
@@ -110,10 +115,10 @@ def check_image(image: str, key: str) -> str:
     """
     m = _IMAGE.match(image)
     if m is None or len(image) > 4096:
-        raise InjectionRefused(f"{key}: {image!r} is not a container image reference")
+        raise InjectionRefused(f"{key}: {_shown(image)} is not a container image reference")
     if m["domain"] is None and "/" not in m["path"]:
         raise InjectionRefused(
-            f"{key}: {image!r} names no registry, so it would be pulled from Docker Hub as docker.io/library/"
+            f"{key}: {_shown(image)} names no registry, so it would be pulled from Docker Hub as docker.io/library/"
             f"{m['path']}; name the registry you pushed the image to (registry.example.com/query-signing-proxy:TAG)"
         )
     return image
@@ -125,25 +130,25 @@ def check_region(region: str, key: str) -> str:
     from .partitions import partition_of_region
 
     if partition_of_region(region) is None:
-        raise InjectionRefused(f"{key}: {region!r} is not an AWS region name (such as eu-west-1)")
+        raise InjectionRefused(f"{key}: {_shown(region)} is not an AWS region name (such as eu-west-1)")
     return region
 
 
 def check_config_map(name: str, key: str) -> str:
     if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
-        raise InjectionRefused(f"{key}: {name!r} is not a ConfigMap name (lowercase RFC 1123 subdomain)")
+        raise InjectionRefused(f"{key}: {_shown(name)} is not a ConfigMap name (lowercase RFC 1123 subdomain)")
     return name
 
 
 def check_port(text: str, key: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
-        raise InjectionRefused(f"{key}: must be a port number from 1 to 65535, got {text!r}")
+        raise InjectionRefused(f"{key}: must be a port number from 1 to 65535, got {_shown(text)}")
     return int(text)
 
 
 def _flag(value: str, key: str) -> bool:
     if value not in ("true", "false"):
-        raise InjectionRefused(f'{key}: must be "true" or "false", got {value!r}')
+        raise InjectionRefused(f'{key}: must be "true" or "false", got {_shown(value)}')
     return value == "true"
 
 
@@ -161,7 +166,7 @@ def settings_for(annotations: Mapping[str, str], defaults: Defaults) -> PodSetti
         name = key[len(PREFIX) :]
         if name not in ANNOTATIONS:
             known = ", ".join(PREFIX + a for a in ANNOTATIONS)
-            raise InjectionRefused(f"{key}: unknown annotation (known: {known})")
+            raise InjectionRefused(f"{_shown(key, 120)[1:-1]}: unknown annotation (known: {known})")
         if not isinstance(value, str):
             raise InjectionRefused(f"{key}: must be a string")
         ours[name] = value
@@ -176,7 +181,7 @@ def settings_for(annotations: Mapping[str, str], defaults: Defaults) -> PodSetti
     wire_sdk = _flag(ours["wire-sdk"], PREFIX + "wire-sdk") if "wire-sdk" in ours else True
     mode = ours.get("mode", "native")
     if mode not in ("native", "container"):
-        raise InjectionRefused(f'{PREFIX}mode: must be "native" or "container", got {mode!r}')
+        raise InjectionRefused(f'{PREFIX}mode: must be "native" or "container", got {_shown(mode)}')
     if proxy_port == admin_port:
         which = "admin-port" if "admin-port" in ours else "proxy-port"
         raise InjectionRefused(f"{PREFIX}{which}: the Query port and the admin port are both {proxy_port}")
@@ -349,7 +354,7 @@ def _check_room(spec: dict[str, Any], settings: PodSettings) -> None:
                 for key, ours in (("proxy-port", settings.proxy_port), ("admin-port", settings.admin_port)):
                     if port == ours:
                         raise InjectionRefused(
-                            f"{PREFIX}{key}: port {ours} is already declared by container {c.get('name')!r}"
+                            f"{PREFIX}{key}: port {ours} is already declared by container {_shown(str(c.get('name')))}"
                         )
                 if p.get("name") == ADMIN_PORT_NAME:
                     raise InjectionRefused(f"spec.{kind}[{c.get('name')}]: a port is already named {ADMIN_PORT_NAME}")
@@ -409,9 +414,9 @@ def _check_credentials_reach(spec: dict[str, Any], metadata: dict[str, Any]) -> 
     if token_volumes and not any(e.get("name") in CREDENTIAL_ENV for e in _list(sidecar, "env", "the sidecar's env")):
         listed = _dict(metadata, "annotations", "metadata.annotations").get(SKIP_CONTAINERS)
         raise InjectionRefused(
-            f"metadata.annotations[{SKIP_CONTAINERS}]: {listed!r} kept the EKS webhook, which has already run, "
-            "from giving credentials to any container, so the proxy would have none; leave the annotation to "
-            "the injector (it names the app containers itself)"
+            f"metadata.annotations[{SKIP_CONTAINERS}]: {_shown(str(listed))} kept the EKS webhook, which has "
+            "already run, from giving credentials to any container, so the proxy would have none; leave the "
+            "annotation to the injector (it names the app containers itself)"
         )
 
 

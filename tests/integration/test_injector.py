@@ -619,3 +619,10 @@ def test_a_skip_annotation_of_the_pods_own_naming_every_container(injector: Inje
     response = injector.review(after_eks)
     assert response["allowed"] is False and "patch" not in response
     assert "eks.amazonaws.com/skip-containers" in response["status"]["message"]
+
+
+def test_refusal_messages_stay_short_whatever_the_value(injector: Injector) -> None:
+    pod = annotated(load_pod("web-with-migrations.yaml"), image="x" * 5000, mode="y" * 5000)
+    pod["metadata"]["annotations"]["query-signing-proxy.io/" + "z" * 300] = "1"
+    response = injector.review(pod)
+    assert response["allowed"] is False and len(response["status"]["message"]) < 600
