@@ -185,7 +185,7 @@ def build_service(
             f"botocore model protocol is {' or '.join(sorted(PROTOCOLS))}"
         )
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
-    policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy")
+    policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy", service=up.service)
     if upstream is None:
         upstream = AiohttpUpstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
