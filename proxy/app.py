@@ -144,7 +144,7 @@ def route_config(cfg: Config, route: RouteConfig) -> Config:
 
 def _listener_app(cfg: Config, shared: Shared, service: Service) -> web.Application:
     app = web.Application(
-        middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests)],
+        middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests, service.rules)],
         client_max_size=cfg.limits.max_body_bytes,
         handler_args={
             "max_field_size": 16384,
