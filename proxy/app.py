@@ -26,7 +26,7 @@ import botocore.session
 from aiohttp import web
 
 from . import __version__
-from .attempts import AttemptPolicy
+from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
 from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
 from .credentials import CredentialManager, Fetch, build_fetch
@@ -68,6 +68,7 @@ class Shared:
     metrics: Metrics
     lifecycle: Lifecycle
     clock_skew: ClockSkew = field(default_factory=ClockSkew)  # the local clock is one per process
+    retry_quota: RetryQuota = field(default_factory=RetryQuota)  # the retry budget, one per process
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -208,6 +209,7 @@ def build_service(
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
+        retry_quota=shared.retry_quota,
         cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
     )
@@ -219,6 +221,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await service.upstream.start()
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
+    shared.metrics.retry_quota_tokens.set_function(lambda: shared.retry_quota.available)
     await shared.credentials.start()
     try:
         yield
