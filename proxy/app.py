@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
+import botocore.exceptions
 import botocore.session
 from aiohttp import web
 
@@ -88,8 +89,29 @@ ROUTES = web.AppKey("routes", tuple[RouteApp, ...])
 
 
 def botocore_session() -> botocore.session.Session:
-    """A fresh botocore session reading the standard AWS environment and shared config."""
-    return botocore.session.get_session()
+    """A fresh botocore session reading the standard AWS environment and shared config.
+
+    The profile is checked here, once, so that a bad one is a config error naming its variable (exit 2)
+    rather than botocore's traceback from wherever the session is first read. Raises ConfigError naming
+    ``AWS_PROFILE`` (or ``AWS_DEFAULT_PROFILE``, which botocore reads first) for a profile that neither the
+    shared config file nor the credentials file has, and ``AWS_CONFIG_FILE`` / ``AWS_SHARED_CREDENTIALS_FILE``
+    for a file botocore cannot parse."""
+    session = botocore.session.get_session()
+    try:
+        session.get_scoped_config()
+    except botocore.exceptions.ProfileNotFound as exc:
+        variable = "AWS_DEFAULT_PROFILE" if os.environ.get("AWS_DEFAULT_PROFILE") else "AWS_PROFILE"
+        files = f"{session.get_config_variable('config_file')} or {session.get_config_variable('credentials_file')}"
+        raise ConfigError(
+            f"{variable}: no profile named {exc.kwargs.get('profile')!r} in {files} "
+            f"(unset {variable}, or create the profile)"
+        ) from None
+    except botocore.exceptions.ConfigParseError as exc:
+        path = str(exc.kwargs.get("path"))
+        credentials_file = os.path.expanduser(str(session.get_config_variable("credentials_file")))
+        variable = "AWS_SHARED_CREDENTIALS_FILE" if path == credentials_file else "AWS_CONFIG_FILE"
+        raise ConfigError(f"{variable}: {path} is not a valid AWS config file (INI sections and key = value)") from None
+    return session
 
 
 def region_from_env(session: botocore.session.Session) -> str | None:
