@@ -72,7 +72,17 @@ def sdk_call(port: int, target: str, body: bytes = b"{}", content_type: str = "a
 
 
 @pytest.mark.parametrize(
-    "allow", [reads("ecr"), ["*"], ["Get*"], ["GetAuthorization*"]], ids=["reads", "star", "Get", "prefix"]
+    "allow",
+    [
+        reads("ecr"),
+        ["*"],
+        ["Get*"],
+        ["GetAuthorization*"],
+        ["GetAuthorizationToke?"],  # patterns that match the name alone are still patterns
+        ["[G]etAuthorizationToken"],
+        ["GetAuthorizationTok[e]n", "Describe*"],
+    ],
+    ids=["reads", "star", "Get", "prefix", "one-char", "class", "class-and-reads"],
 )
 def test_ecr_authorization_tokens_are_refused_unless_named(
     start_proxy: Any,

@@ -142,3 +142,17 @@ def test_the_admin_listener_answers_the_pod_ip_and_the_query_listener_refuses_it
             refused(raw_request(port, "GET", "/metrics", headers={"Host": "10.1.2.3:8978"}))
             resp = raw_request(port, "GET", "/metrics")
             assert resp.status == 404 and xml_error(resp.body)[1] == "NotFound"
+
+
+def test_a_second_host_header_does_not_help(proxy: Any) -> None:
+    """Two Host headers, the foreign one first: refused (a browser sends one; aiohttp reads the first)."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /metrics HTTP/1.1\r\nHost: rebind.example:8977\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        answer_bytes = b""
+        while chunk := sock.recv(65536):
+            answer_bytes += chunk
+    status = answer_bytes.split(b" ", 2)[1]
+    assert status in (b"400", b"403"), answer_bytes[:200]
+    assert b"query_signing_proxy" not in answer_bytes
