@@ -107,10 +107,18 @@ _HTTP_ERRORS: dict[int, type[errors.ProxyError]] = {
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# How a listener answers an error: the error and the request's context -> the answer.
+ErrorRenderer = Callable[[errors.ProxyError, RequestContext], web.Response]
 
 
-def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
-    """The middleware for a Query listener; ``max_concurrent`` is ``limits.max_concurrent_requests``."""
+def render_error(error: errors.ProxyError, ctx: RequestContext) -> web.Response:
+    """The Query and SDK listeners' error answer (:func:`error_response` in the caller's protocol)."""
+    return error_response(error, ctx.request_id, ctx.sdk)
+
+
+def query_middleware(metrics: Metrics, max_concurrent: int, render: ErrorRenderer = render_error) -> Middleware:
+    """The middleware for a Query listener; ``max_concurrent`` is ``limits.max_concurrent_requests``; ``render``
+    answers errors (the Agent API's listener, :mod:`proxy.agent`, shapes them as the Agent does)."""
     in_flight = 0
 
     @web.middleware
@@ -141,19 +149,19 @@ def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
             if ctx.stream_status is not None:
                 status, code = ctx.stream_status, ctx.stream_code or str(ctx.stream_status)
         except errors.ProxyError as exc:
-            response = error_response(exc, ctx.request_id, ctx.sdk)
-            status, code = exc.status, exc.code
+            response = render(exc, ctx)
+            status, code = response.status, exc.code
         except web.HTTPException as exc:
             cls = _HTTP_ERRORS.get(exc.status)
             err: errors.ProxyError = cls(exc.reason) if cls is not None else errors.ProxyError(f"HTTP {exc.status}")
-            response = error_response(err, ctx.request_id, ctx.sdk)
-            status, code = err.status, err.code
+            response = render(err, ctx)
+            status, code = response.status, err.code
         except asyncio.CancelledError:
             status, code = 499, "ClientClosedRequest"
             raise
         except Exception as exc:
             log.error("unexpected error", extra={"request_id": ctx.request_id, "error": type(exc).__name__})
-            response = error_response(errors.ProxyError("the proxy failed unexpectedly"), ctx.request_id, ctx.sdk)
+            response = render(errors.ProxyError("the proxy failed unexpectedly"), ctx)
         finally:
             elapsed = time.perf_counter() - started
             action = ctx.action or "-"
