@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,12 +23,24 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.agent import ANSWER_MEMBERS
 from proxy.local import DEMO_SECRET, DEMO_SECRET_VALUE
 from tests.conftest import Emulator
-from tests.faults import Certs, FaultServer, delayed, fault_config, never, ok, raw_answer, secret_value
+from tests.faults import (
+    Certs,
+    FaultServer,
+    delayed,
+    fault_config,
+    never,
+    ok,
+    proxy_environ,
+    raw_answer,
+    secret_value,
+)
+from tests.process import ProxyProcess
 from tests.serving import Served
 from tests.support import RawResponse, legacy_client, poll, proxy_config, raw_request
 
@@ -529,3 +543,76 @@ def test_a_request_in_flight_at_shutdown_is_answered(fault_agent: Any) -> None:
     thread.join(20)
     assert [a.status for a in answers] == [200]
     assert json.loads(answers[0].body)["SecretString"] == "s3cr3t"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the real CLI
+
+
+def cli_config(tmp_path: Path, upstream: dict[str, Any], **extra: Any) -> str:
+    token_file = tmp_path / "awssmatoken"
+    token_file.write_text(TOKEN + "\n")
+    data: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "upstream": upstream,
+        "policy": {"token_header": TOKEN_HEADER, "token_file": str(token_file)},
+        "agent_api": {"port": 0},
+        "cache": {"enabled": True},
+        **extra,
+    }
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_the_cli_serves_the_agent_api_and_names_its_port(emulator: Emulator, demo_env: None, tmp_path: Path) -> None:
+    from proxy.local import DEMO_ROLE_ARN
+
+    upstream = {"endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
+    path = cli_config(tmp_path, upstream, credentials={"role_arn": DEMO_ROLE_ARN, "role_session_name": "agent"})
+    with ProxyProcess(["--config", path], tmp_path) as proxy:
+        line = proxy.wait_listening()
+        port = line["agent_api_port"]
+        assert port and port not in (proxy.port, proxy.admin_port)
+        proxy.wait_status(f"http://127.0.0.1:{proxy.admin_port}/readyz", 200)
+        resp = raw_request(port, "GET", f"/secretsmanager/get?secretId={DEMO_SECRET}", headers={TOKEN_HEADER: TOKEN})
+        assert resp.status == 200 and json.loads(resp.body)["SecretString"] == DEMO_SECRET_VALUE
+        assert raw_request(port, "GET", "/ping").body == b"healthy"
+        assert proxy.stop() == 0
+        access = [entry for entry in proxy.lines() if entry.get("action") == "GetSecretValue"]
+        assert [(entry["status"], entry["secret_id"]) for entry in access] == [(200, DEMO_SECRET)]
+        assert TOKEN not in proxy.log_path.read_text() and DEMO_SECRET_VALUE not in proxy.log_path.read_text()
+
+
+def test_the_cli_refuses_agent_api_without_a_token_file(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump({"upstream": {"region": "us-east-1"}, "agent_api": {"port": 2773}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "config error: policy.token_file: required when agent_api.port is set" in done.stderr
+
+
+def test_workers_share_the_agent_api_port(
+    start_fault: Callable[..., FaultServer], certs: Certs, tmp_path: Path
+) -> None:
+    fault = start_fault(ok())
+    path = cli_config(tmp_path, {"region": "us-east-1", "endpoint_url": fault.url, "ca_bundle": certs.ca_file})
+    with ProxyProcess(["--config", path, "--workers", "2"], tmp_path, proxy_environ()) as proxy:
+        lines = poll(
+            lambda: len(found := [x for x in proxy.lines() if x.get("message") == "listening"]) == 2 and found,
+            30,
+            "two workers to listen",
+        )
+        ports = {line["agent_api_port"] for line in lines}
+        assert len(ports) == 1
+        (port,) = ports
+        statuses = [
+            raw_request(port, "GET", "/v1/app/db?refreshNow=true", headers={TOKEN_HEADER: TOKEN}, timeout=10).status
+            for _ in range(20)
+        ]
+        assert statuses == [200] * 20
+        assert len(fault.seen) == 20
+        assert proxy.stop() == 0
