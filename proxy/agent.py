@@ -266,11 +266,21 @@ def agent_error_document(code: str, message: str) -> bytes:
     return json.dumps({"__type": code, "message": message}, separators=(", ", ":")).encode()
 
 
+# What aiohttp's router raises before the handler runs, as the Agent words it.
+_HTTP_LAYER_TEXT: dict[type[errors.ProxyError], str] = {
+    errors.NotFound: "Not found",
+    errors.MethodNotAllowed: "Not allowed",
+}
+
+
 def render_agent_error(error: errors.ProxyError, ctx: RequestContext) -> web.Response:
     """An error on the Agent API's listener, shaped as the Agent shapes it (module docstring)."""
     headers = {"x-amzn-RequestId": ctx.request_id}
     if isinstance(error, AgentRequestError):
         return web.Response(status=error.status, text=error.message, content_type=TEXT_TYPE, headers=headers)
+    agent_text = _HTTP_LAYER_TEXT.get(type(error))
+    if agent_text is not None:  # aiohttp's router refused it (CONNECT, OPTIONS *): the Agent's own words
+        return web.Response(status=error.status, text=agent_text, content_type=TEXT_TYPE, headers=headers)
     if type(error) is errors.ServiceUnavailable:  # limits.max_concurrent_requests: the Agent's max_conn
         return web.Response(
             status=429, text="Connection limit exceeded", content_type=TEXT_TYPE, headers={**headers, **error.headers}

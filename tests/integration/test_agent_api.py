@@ -304,6 +304,12 @@ def test_other_paths_are_not_found(agent: Agent, target: str) -> None:
     assert (resp.status, resp.body) == (404, b"Not found")
 
 
+@pytest.mark.parametrize("method,target", [("CONNECT", "127.0.0.1:443"), ("OPTIONS", "*")])
+def test_targets_the_router_refuses_get_the_agents_text(agent: Agent, method: str, target: str) -> None:
+    resp = agent.request(method, target, {TOKEN_HEADER: TOKEN})
+    assert (resp.status, resp.body) == (404, b"Not found")
+
+
 @pytest.mark.parametrize(
     "target,message",
     [
