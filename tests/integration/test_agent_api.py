@@ -467,7 +467,7 @@ def test_metrics_and_the_access_line(agent: Agent, caplog: pytest.LogCaptureFixt
 @pytest.fixture
 def fault_agent(
     certs: Certs, static_keys: None, tmp_path: Path, start_fault: Callable[..., FaultServer]
-) -> Callable[..., tuple[Agent, FaultServer]]:
+) -> Iterator[Callable[..., tuple[Agent, FaultServer]]]:
     """``fault_agent(behaviour, **sections)``: a fault server as the upstream and the proxy with the Agent API
     on in front of it (static keys, short deadlines)."""
     started: list[Served] = []
@@ -482,7 +482,7 @@ def fault_agent(
         started.append(served)
         return Agent(served, token_file), upstream
 
-    yield start  # type: ignore[misc]
+    yield start
     for served in reversed(started):
         served.__exit__(None, None, None)
 

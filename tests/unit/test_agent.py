@@ -170,7 +170,7 @@ def test_error_documents() -> None:
 def test_errors_are_rendered_as_the_agent_renders_them(error: errors.ProxyError, status: int, body: bytes) -> None:
     response = render_agent_error(error, RequestContext())
     assert response.status == status
-    assert response.body is not None and bytes(response.body).startswith(body)  # type: ignore[arg-type]
+    assert isinstance(response.body, bytes) and response.body.startswith(body)
     assert response.headers["x-amzn-RequestId"]
 
 
