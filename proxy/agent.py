@@ -31,10 +31,11 @@ What the Agent does, and so this listener (the Agent's ``server.rs``, ``parse.rs
   ``Connection limit exceeded``.
 
 Errors about the HTTP request itself are plain text lines, as the Agent writes its own; errors of the
-GetSecretValue call are JSON. What this listener does beyond the Agent (each a plain text 4xx): the ``Host``
-rule of the other listeners (DNS rebinding), a ``Forwarded`` header refused like ``X-Forwarded-For``, the
-request target bounded by ``limits.max_get_url_bytes`` (414), and in the path form percent-escapes decoded and
-``.``/``..`` segments refused (the Agent resolves them as a URL parser does, so ``/v1/a/../b`` reads ``b``).
+GetSecretValue call are JSON. What this listener does beyond the Agent: the ``Host`` rule of every listener
+(DNS rebinding; 403 ``AccessDenied`` in the JSON shape, from the middleware, on ``/ping`` too), and as plain text
+4xx a ``Forwarded`` header refused like ``X-Forwarded-For``, the request target bounded by
+``limits.max_get_url_bytes`` (414), and in the path form percent-escapes decoded and ``.``/``..`` segments
+refused (the Agent resolves them as a URL parser does, so ``/v1/a/../b`` reads ``b``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ from .parse import decode_form, request_head
 from .sdk import decode_json_input
 from .service import Service
 from .translate import operation_of, upstream_error, visible_output
-from .validate import check_host
 
 PING_PATH = "/ping"
 QUERY_PATH = "/secretsmanager/get"
@@ -178,14 +178,10 @@ def parse_agent_request(path: str, query: str) -> AgentQuery:
 
 
 def check_agent_head(request: web.Request, service: Service) -> None:
-    """The checks before the parameters are read, in the Agent's order (``server.rs``) after the ``Host`` rule of
-    every listener: forwarding headers, the token, the method; then the request target's length. Raises
-    AgentRequestError."""
+    """The checks before the parameters are read, in the Agent's order (``server.rs``): forwarding headers, the
+    token, the method; then the request target's length. (The ``Host`` rule of every listener came first, in
+    :func:`~proxy.middleware.query_middleware`.) Raises AgentRequestError."""
     head = request_head(request)
-    try:
-        check_host(head, service.rules)
-    except errors.AccessDenied as exc:
-        raise AgentRequestError(403, exc.code, exc.message) from None
     if any(name in request.headers for name in FORWARDING_HEADERS):
         raise AgentRequestError(400, "Forwarded", "Forwarded")
     token = service.rules.token
@@ -266,21 +262,11 @@ def agent_error_document(code: str, message: str) -> bytes:
     return json.dumps({"__type": code, "message": message}, separators=(", ", ":")).encode()
 
 
-# What aiohttp's router raises before the handler runs, as the Agent words it.
-_HTTP_LAYER_TEXT: dict[type[errors.ProxyError], str] = {
-    errors.NotFound: "Not found",
-    errors.MethodNotAllowed: "Not allowed",
-}
-
-
 def render_agent_error(error: errors.ProxyError, ctx: RequestContext) -> web.Response:
     """An error on the Agent API's listener, shaped as the Agent shapes it (module docstring)."""
     headers = {"x-amzn-RequestId": ctx.request_id}
     if isinstance(error, AgentRequestError):
         return web.Response(status=error.status, text=error.message, content_type=TEXT_TYPE, headers=headers)
-    agent_text = _HTTP_LAYER_TEXT.get(type(error))
-    if agent_text is not None:  # aiohttp's router refused it (CONNECT, OPTIONS *): the Agent's own words
-        return web.Response(status=error.status, text=agent_text, content_type=TEXT_TYPE, headers=headers)
     if type(error) is errors.ServiceUnavailable:  # limits.max_concurrent_requests: the Agent's max_conn
         return web.Response(
             status=429, text="Connection limit exceeded", content_type=TEXT_TYPE, headers={**headers, **error.headers}
@@ -356,7 +342,7 @@ def agent_listener(cfg: Config, metrics: Metrics, service: Service) -> AgentList
     """The Agent API's listener (``agent_api``) on ``service``, the Query listener's: the same policy, caller
     token, cache, transport and credentials. Its error answers are :func:`render_agent_error`'s."""
     app = web.Application(
-        middlewares=[query_middleware(metrics, cfg.limits.max_concurrent_requests, render_agent_error)],
+        middlewares=[query_middleware(metrics, cfg.limits.max_concurrent_requests, service.rules, render_agent_error)],
         handler_args={
             "max_field_size": 16384,
             "max_line_size": max(8190, cfg.limits.max_get_url_bytes + 64),

@@ -305,9 +305,9 @@ def test_other_paths_are_not_found(agent: Agent, target: str) -> None:
 
 
 @pytest.mark.parametrize("method,target", [("CONNECT", "127.0.0.1:443"), ("OPTIONS", "*")])
-def test_targets_the_router_refuses_get_the_agents_text(agent: Agent, method: str, target: str) -> None:
-    resp = agent.request(method, target, {TOKEN_HEADER: TOKEN})
-    assert (resp.status, resp.body) == (404, b"Not found")
+def test_targets_that_are_not_origin_form_are_refused(agent: Agent, method: str, target: str) -> None:
+    resp = agent.request(method, target, {TOKEN_HEADER: TOKEN})  # the Host rule refuses them first
+    assert resp.status == 403 and error_of(resp)["__type"] == "AccessDenied"
 
 
 @pytest.mark.parametrize(
@@ -351,7 +351,8 @@ def test_values_outside_the_model_are_invalid_parameters(agent: Agent) -> None:
 def test_a_foreign_host_header_is_refused(agent: Agent, host: str) -> None:
     target = f"/secretsmanager/get?secretId={quote(DEMO_SECRET, safe='')}"
     resp = agent.request("GET", target, {"Host": host, TOKEN_HEADER: TOKEN})
-    assert resp.status == 403 and b"Host" in resp.body
+    assert resp.status == 403 and error_of(resp)["__type"] == "AccessDenied" and "Host" in error_of(resp)["message"]
+    assert agent.request("GET", "/ping", {"Host": host}).status == 403  # the health check too
     assert agent.request("GET", target, {"Host": f"localhost:{agent.port}", TOKEN_HEADER: TOKEN}).status == 200
     assert agent.request("GET", target, {"Host": f"127.0.0.1:{agent.port}", TOKEN_HEADER: TOKEN}).status == 200
 

@@ -151,8 +151,6 @@ def test_error_documents() -> None:
     [
         (AgentRequestError(403, "BadToken", "Bad Token"), 403, b"Bad Token"),
         (errors.ServiceUnavailable("too many"), 429, b"Connection limit exceeded"),
-        (errors.NotFound("Not Found"), 404, b"Not found"),
-        (errors.MethodNotAllowed("Method Not Allowed"), 405, b"Not allowed"),
         (errors.GatewayTimeout("upstream request failed: TimeoutError"), 504, b'{"__type":"TimeoutError", "message"'),
         (errors.BadGateway("refused"), 502, b'{"__type":"ConnectionError", "message":"refused"}'),
         (errors.UpstreamCertificateInvalid("bad cert"), 502, b'{"__type":"ConnectionError", "message":"bad cert"}'),
