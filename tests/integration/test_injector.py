@@ -379,7 +379,25 @@ def test_host_network_pods_are_refused(injector: Injector) -> None:
     assert response["allowed"] is False and "spec.hostNetwork" in response["status"]["message"]
 
 
+@pytest.mark.parametrize("key", ["shareProcessNamespace", "hostPID"])
+def test_pods_whose_containers_see_each_others_processes_are_refused(injector: Injector, key: str) -> None:
+    """With a shared process namespace, an app running as the proxy's user (65532: distroless's nonroot) reads
+    /proc/<proxy>/root/var/run/secrets/eks.amazonaws.com/serviceaccount/token and the proxy's memory: it would
+    hold the role's credentials after all."""
+    pod = annotated(load_pod("worker-with-aws-env.yaml"))
+    pod["spec"][key] = True
+    response = injector.review(pod)
+    assert response["allowed"] is False and f"spec.{key}" in response["status"]["message"]
+    pod["spec"][key] = False
+    assert injector.review(pod)["allowed"] is True
+
+
 def test_a_malformed_pod_is_refused_not_crashed_on(injector: Injector) -> None:
+    weird_volume = {"containers": [{"name": "a"}], "volumes": [{"name": ["x"], "emptyDir": {}}]}
+    response = injector.review(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": INJECT}, "spec": weird_volume}
+    )
+    assert "allowed" in response  # answered (the API server refuses the name later), not a 500
     for spec in ({"containers": "web"}, {"containers": []}, {"containers": [{"name": "a", "env": {"A": "1"}}]}):
         response = injector.review(
             {"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": INJECT}, "spec": spec}
