@@ -33,6 +33,7 @@ from .credentials import CredentialManager, Fetch, build_fetch
 from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
 from .guard import CredentialGuard
+from .h1client import H1Upstream
 from .handler import SERVICE
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
@@ -40,7 +41,7 @@ from .policy import Policy
 from .service import Service
 from .signing import ClockSkew
 from .translate import InputLimits, Translator
-from .upstream import AiohttpUpstream, Upstream
+from .upstream import Upstream
 from .validate import RuleSettings
 
 log = logging.getLogger("proxy")
@@ -187,7 +188,7 @@ def build_service(
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
     policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy")
     if upstream is None:
-        upstream = AiohttpUpstream(
+        upstream = H1Upstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
             connect_timeout=up.connect_timeout_seconds,
             read_timeout=up.read_timeout_seconds,
