@@ -207,8 +207,6 @@ class _Connection(BaseProtocol):
             if data:  # bytes nobody asked for: on a pooled connection, or after the whole answer
                 self.close()
             return
-        if data:
-            self._arm_timer()
         try:
             messages, upgraded, _ = parser.feed_data(data)
         except Exception as exc:
@@ -224,10 +222,6 @@ class _Connection(BaseProtocol):
             self._body = payload
             if message.should_close:
                 self.in_step = False
-            if payload.is_eof():
-                self._drop_timer()
-            else:
-                payload.on_eof(self._drop_timer)
             if message.code in EMPTY_BODY_STATUS_CODES:
                 payload = EMPTY_PAYLOAD  # as aiohttp's client: no body, whatever the framing said
             waiter = self._waiter
@@ -235,6 +229,10 @@ class _Connection(BaseProtocol):
                 waiter.set_result((message, payload))
         if upgraded:
             self.in_step = False
+        if not self._awaiting():
+            self._drop_timer()
+        elif data and not self._reading_paused:
+            self._arm_timer()  # the silence is counted from the last bytes received (not while the reader lags)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.in_step = False
@@ -275,12 +273,7 @@ class _Connection(BaseProtocol):
     def _awaiting(self) -> bool:
         """An exchange is running and the rest of its answer is still to come."""
         body = self._body
-        return (
-            self._waiter is not None
-            and self.transport is not None
-            and (body is None or not body.is_eof())
-            and self.in_step
-        )
+        return self._waiter is not None and self.transport is not None and (body is None or not body.is_eof())
 
     # -- failures and the read timer
 
