@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, "w", encoding="utf-8") as stream:
             figures = asyncio.run(run(args.lines, stream))
         size = path.stat().st_size
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.lines} lines each, {size} bytes written")
+    print(
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.lines} lines each, {size} bytes written"
+    )
     for name, us in figures.items():
         print(f"{name:28} {us:6.2f} µs CPU per line")
     return 0
