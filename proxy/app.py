@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ import aiohttp
 import botocore.session
 from aiohttp import web
 
-from . import __version__
+from . import __version__, sharedstore
 from .attempts import AttemptPolicy
 from .cache import SecretCache
 from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
@@ -33,11 +34,12 @@ from .credentials import CredentialManager, Fetch, build_fetch
 from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
 from .guard import CredentialGuard
-from .handler import SERVICE
+from .handler import SERVICE, call_upstream
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
 from .policy import Policy
 from .service import Service
+from .sharedstore import SharedStore
 from .signing import ClockSkew
 from .translate import InputLimits, Translator
 from .upstream import AiohttpUpstream, Upstream
@@ -106,14 +108,17 @@ def create_app(
     resolver: aiohttp.abc.AbstractResolver | None = None,
     clock: Callable[[], float] = time.time,
     shared: Shared | None = None,
+    workers: int = 1,
 ) -> web.Application:
     """Build the Query listener's application.
 
     ``session`` is the botocore session (default: a fresh one from the environment); ``fetch`` replaces the
     credential fetch (default: :func:`~proxy.credentials.build_fetch` on the config); ``upstream`` replaces
     the aiohttp transport (tests of pure pipeline logic); ``resolver`` is the DNS resolver of the aiohttp
-    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages. Raises ConfigError for
-    what can only be checked against botocore (service, endpoint, operation names in the policy).
+    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages; ``workers`` is the number
+    of processes that will be forked from this one to serve it (``--workers``: above 1, the secret cache
+    gets the memory they share for refresh-ahead). Raises ConfigError for what can only be checked against
+    botocore (service, endpoint, operation names in the policy).
     """
     session = session or botocore_session()
     if shared is None:
@@ -121,7 +126,7 @@ def create_app(
             fetch or build_fetch(session, cfg.credentials, cfg.upstream, clock), clock=clock
         )
         shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
-    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock)
+    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock, workers=workers)
     app = _listener_app(cfg, shared, service)
     if cfg.admin.host is None:
         add_admin_routes(app)
@@ -129,7 +134,9 @@ def create_app(
     routes = []
     for i, route in enumerate(cfg.routes):
         route_cfg = route_config(cfg, route)
-        route_service = build_service(route_cfg, session, shared, resolver=resolver, key=f"routes[{i}]", clock=clock)
+        route_service = build_service(
+            route_cfg, session, shared, resolver=resolver, key=f"routes[{i}]", clock=clock, workers=workers
+        )
         route_app = _listener_app(route_cfg, shared, route_service)
         route_app.cleanup_ctx.append(_route_lifecycle)
         routes.append(RouteApp(i, route, route_app))
@@ -168,11 +175,13 @@ def build_service(
     resolver: aiohttp.abc.AbstractResolver | None = None,
     key: str = "",
     clock: Callable[[], float] = time.time,
+    workers: int = 1,
 ) -> Service:
     """Prepare one upstream service (docs/interface.md, "The upstream request"): endpoint, translator, policy, rules,
     transport, cache.
 
     ``key`` prefixes the config keys named in errors (``routes[0]`` for a route's ``upstream``/``policy``).
+    ``workers`` above 1: the cache's :class:`~proxy.sharedstore.SharedStore` is made here, before the fork.
     Raises ConfigError for a service whose model protocol no pipeline serves (:data:`~proxy.dispatch.PROTOCOLS`).
     """
     up = cfg.upstream
@@ -196,7 +205,14 @@ def build_service(
             resolver=resolver,
             user_agent=f"query-signing-proxy/{__version__}",
         )
-    return Service(
+    shared_store = None
+    if workers > 1 and cfg.cache.enabled and cfg.cache.refresh_ahead and sharedstore.available():
+        shared_store = SharedStore(cfg.cache.max_entries, cfg.cache.max_bytes, cfg.cache.ttl_seconds)
+    # a refresh may take a DescribeSecret and a GetSecretValue, each within the upstream's total timeout
+    cache = SecretCache(
+        cfg.cache, shared.metrics, clock=clock, shared=shared_store, lease_seconds=2 * up.total_timeout_seconds
+    )
+    service = Service(
         upstream_cfg=up,
         limits=cfg.limits,
         endpoint=endpoint,
@@ -208,21 +224,25 @@ def build_service(
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
-        cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
+        cache=cache,
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
     )
+    cache.call = functools.partial(call_upstream, service)
+    return service
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     shared = app[SHARED]
     service = app[SERVICE]
     await service.upstream.start()
+    service.cache.start()
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
     await shared.credentials.start()
     try:
         yield
     finally:
+        await service.cache.close()
         await shared.credentials.close()
         await service.upstream.aclose()
 
@@ -231,9 +251,11 @@ async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """A route's listener opens and closes only its own transport; the main listener owns the credentials."""
     service = app[SERVICE]
     await service.upstream.start()
+    service.cache.start()
     try:
         yield
     finally:
+        await service.cache.close()
         await service.upstream.aclose()
 
 
