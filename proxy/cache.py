@@ -449,10 +449,14 @@ class SecretCache:
             entry.seq = shared.seq(index)
             claim = shared.claim(index, name, self._owner(), entry.stored, now, self.lease_seconds)
             if isinstance(claim, Published):
-                self._adopt(key, entry, claim)
-                return
-            if claim is not None:
-                entry.retry_at = claim  # another worker refreshes: its answer is taken when published
+                if self._adopt(key, entry, claim) is not None:
+                    return
+                # refreshed before a write that has landed since: not taken; this worker refreshes instead
+                claim = shared.claim(index, name, self._owner(), claim.stored, now, self.lease_seconds)
+                if isinstance(claim, Published):
+                    return
+            if claim is not None:  # another worker refreshes: its answer is taken when published; look again
+                entry.retry_at = min(claim, now + RETRY_AFTER * self.ttl)  # soon, in case that refresh fails
                 return
         seen = stamps.snapshot([key[0], entry.name])
         self._fly(flight_key, self._refresh(key, entry, seen), seen)

@@ -429,19 +429,24 @@ async def test_a_write_through_one_worker_during_the_others_refresh() -> None:
 
 
 async def test_an_answer_published_after_a_write_with_the_stamps_from_before_is_not_taken() -> None:
-    """The race the stamps close: a refresh found the stamps current, then a write landed, then the refresh
-    published. The published answer carries the stamps its fetch began under, which no longer match."""
+    """The race the stamps close: a refresh in one worker found the stamps current, then a write landed
+    through another, then the refresh published (later than the other worker's own post-write fetch). The
+    published answer carries the stamps its fetch began under, which no longer match: not taken, and the
+    worker refreshes for itself."""
     a, b = two_workers()
     await a.value("app/db")
-    await b.value("app/db")
-    entry = next(iter(a.cache._entries.values()))
-    key = next(iter(a.cache._entries))
-    await a.ask(put("app/db", "v2"))  # through a: b's stamps change too
+    key, entry = next(iter(a.cache._entries.items()))  # fetched before the write, with its stamps
+    await a.ask(put("app/db", "v2"))
+    assert await b.value("app/db") == "v2"  # b's entry: fetched after the write
     a.clock.advance(REFRESH_AT * TTL)
-    old = type(entry)(entry.body, a.clock(), entry.name, entry.slot, entry.stamp, entry.global_stamp)
-    a.cache._publish(key, old)  # published late, with the stamps of before the write
-    assert await b.value("app/db") == "v2"
+    late = type(entry)(entry.body, a.clock(), entry.name, entry.slot, entry.stamp, entry.global_stamp)
+    a.cache._publish(key, late)  # v1, published after b's fetch
+    assert await b.value("app/db") == "v2"  # past its refresh point, b looks at the shared record
+    await settle(b)
     assert b.metric("cache_refreshes_total", result="adopted") == 0
+    assert b.metric("cache_refreshes_total", result="fetched") == 1  # b refreshed for itself
+    await step((a, b), TTL * 0.5)
+    assert await b.value("app/db") == "v2"
 
 
 async def test_a_failed_refresh_holds_the_other_workers_off_for_the_retry_time() -> None:
