@@ -35,12 +35,15 @@ from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
 from .guard import CredentialGuard
 from .handler import SERVICE, call_upstream
+from .listing import Listings, PageTokens
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
+from .models import Endpoint
 from .policy import Policy
 from .service import Service
 from .sharedstore import SharedStore
 from .signing import ClockSkew
+from .stamps import StampTable
 from .translate import InputLimits, Translator
 from .upstream import AiohttpUpstream, Upstream
 from .validate import RuleSettings
@@ -70,6 +73,24 @@ class Shared:
     metrics: Metrics
     lifecycle: Lifecycle
     clock_skew: ClockSkew = field(default_factory=ClockSkew)  # the local clock is one per process
+    # the key of the listings' NextToken (proxy/listing.py): made here, in the parent before --workers forks,
+    # so that every worker opens the tokens every other hands out; never logged, gone at exit
+    page_token_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    # the secret cache's stamp table (proxy/stamps.py), one for every listener's cache: a write through a
+    # route is seen by the main listener's cache too; made here too, before the fork
+    stamps: StampTable = field(default_factory=StampTable)
+    # what the workers of --workers share of the cache's refresh-ahead (proxy/sharedstore.py), one for every
+    # listener's cache too; None with one process
+    cache_store: SharedStore | None = None
+
+
+def cache_store(cfg: Config, workers: int) -> SharedStore | None:
+    """The :class:`~proxy.sharedstore.SharedStore` for ``workers`` processes forked from this one: None for one
+    process, with the cache or its refresh-ahead off, or where the platform has no ``memfd_create``."""
+    cache = cfg.cache
+    if workers <= 1 or not cache.enabled or not cache.refresh_ahead or not sharedstore.available():
+        return None
+    return SharedStore(cache.max_entries, cache.max_bytes, cache.ttl_seconds)
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -125,8 +146,14 @@ def create_app(
         credentials = CredentialManager(
             fetch or build_fetch(session, cfg.credentials, cfg.upstream, clock), clock=clock
         )
-        shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
-    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock, workers=workers)
+        shared = Shared(
+            config=cfg,
+            credentials=credentials,
+            metrics=Metrics.create(),
+            lifecycle=Lifecycle(),
+            cache_store=cache_store(cfg, workers),
+        )
+    service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock)
     app = _listener_app(cfg, shared, service)
     if cfg.admin.host is None:
         add_admin_routes(app)
@@ -134,9 +161,7 @@ def create_app(
     routes = []
     for i, route in enumerate(cfg.routes):
         route_cfg = route_config(cfg, route)
-        route_service = build_service(
-            route_cfg, session, shared, resolver=resolver, key=f"routes[{i}]", clock=clock, workers=workers
-        )
+        route_service = build_service(route_cfg, session, shared, resolver=resolver, key=f"routes[{i}]", clock=clock)
         route_app = _listener_app(route_cfg, shared, route_service)
         route_app.cleanup_ctx.append(_route_lifecycle)
         routes.append(RouteApp(i, route, route_app))
@@ -175,13 +200,11 @@ def build_service(
     resolver: aiohttp.abc.AbstractResolver | None = None,
     key: str = "",
     clock: Callable[[], float] = time.time,
-    workers: int = 1,
 ) -> Service:
     """Prepare one upstream service (docs/interface.md, "The upstream request"): endpoint, translator, policy, rules,
     transport, cache.
 
     ``key`` prefixes the config keys named in errors (``routes[0]`` for a route's ``upstream``/``policy``).
-    ``workers`` above 1: the cache's :class:`~proxy.sharedstore.SharedStore` is made here, before the fork.
     Raises ConfigError for a service whose model protocol no pipeline serves (:data:`~proxy.dispatch.PROTOCOLS`).
     """
     up = cfg.upstream
@@ -205,12 +228,14 @@ def build_service(
             resolver=resolver,
             user_agent=f"query-signing-proxy/{__version__}",
         )
-    shared_store = None
-    if workers > 1 and cfg.cache.enabled and cfg.cache.refresh_ahead and sharedstore.available():
-        shared_store = SharedStore(cfg.cache.max_entries, cfg.cache.max_bytes, cfg.cache.ttl_seconds)
     # a refresh may take a DescribeSecret and a GetSecretValue, each within the upstream's total timeout
     cache = SecretCache(
-        cfg.cache, shared.metrics, clock=clock, shared=shared_store, lease_seconds=2 * up.total_timeout_seconds
+        cfg.cache,
+        shared.metrics,
+        clock=clock,
+        stamps=shared.stamps,
+        shared=shared.cache_store,
+        lease_seconds=2 * up.total_timeout_seconds,
     )
     service = Service(
         upstream_cfg=up,
@@ -226,9 +251,22 @@ def build_service(
         clock_skew=shared.clock_skew,
         cache=cache,
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
+        listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
     )
     cache.call = functools.partial(call_upstream, service)
     return service
+
+
+def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endpoint, key: bytes) -> Listings | None:
+    """The listings a service pages itself (:mod:`proxy.listing`), when ``policy.allow_secrets`` is set. Their
+    tokens are bound to this listener: its upstream endpoint and its ``allow_secrets``."""
+    if policy.secrets is None:
+        return None
+    operations = {name: translator.operation_model(name, None) for name in translator.operation_names}
+    scope = "\n".join([endpoint.url, endpoint.region, translator.service_model.service_name, policy.secrets.pattern])
+    return Listings.of_model(
+        operations, PageTokens(key), policy.name_prefixes, scope.encode(), cfg.limits.max_upstream_pages
+    )
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -236,7 +236,8 @@ class SecretCache:
         self._due: list[tuple[float, int, EntryKey, _Entry]] = []  # (refresh point, tie-break, key, entry)
         self._pushed = 0
         self._sweeper: asyncio.Task[None] | None = None
-        self.stamps = stamps if stamps is not None else StampTable() if cfg.enabled else None
+        self.stamps = stamps if stamps is not None else StampTable()
+        self._words = self.stamps.words
         self.shared = shared if cfg.enabled and cfg.refresh_ahead else None
 
     def __len__(self) -> int:
@@ -288,8 +289,7 @@ class SecretCache:
         or takes a refreshed answer that began before this call; this worker's own entries are dropped at
         once. Synchronous: call it after the upstream answered the write and before the write is answered."""
         ids = list(secret_ids)
-        if self.stamps is not None:
-            self.stamps.bump(ids)
+        self.stamps.bump(ids)
         if not ids:
             for key in list(self._entries):
                 self._drop(key, "invalidated")
@@ -347,9 +347,8 @@ class SecretCache:
 
     def _valid(self, entry: _Entry) -> bool:
         """No write through any worker since the fetch of ``entry`` began (two loads from shared memory)."""
-        stamps = self.stamps
-        assert stamps is not None
-        return stamps.read(entry.slot) == entry.stamp and stamps.read(GLOBAL) == entry.global_stamp
+        words = self._words
+        return bool(words[entry.slot] == entry.stamp and words[GLOBAL] == entry.global_stamp)
 
     def _lookup(self, read: _Read, max_age: float) -> UpstreamResponse | None:
         """The cached answer when every secret of ``read`` has an entry younger than ``max_age`` seconds."""
@@ -363,7 +362,8 @@ class SecretCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if not self._valid(entry):
+            words = self._words
+            if words[entry.slot] != entry.stamp or words[GLOBAL] != entry.global_stamp:
                 self._drop(key, "invalidated")  # a write through some worker since this entry's fetch began
                 return None
             age = now - entry.stored
@@ -398,7 +398,6 @@ class SecretCache:
         self, read: _Read, fetch: Fetch, refresh: bool, key: tuple[object, ...]
     ) -> UpstreamResponse:
         stamps = self.stamps
-        assert stamps is not None
         flight = None if refresh else self._flights.get(key)
         if flight is None or not stamps.current(flight.seen):  # never join a read that began before a write
             seen = stamps.snapshot(read.ids)
@@ -437,7 +436,6 @@ class SecretCache:
         if not self.refresh_ahead or self.call is None or now < entry.retry_at:
             return
         stamps = self.stamps
-        assert stamps is not None
         flight_key = _flight_key(key)
         flight = self._flights.get(flight_key)
         if flight is not None and stamps.current(flight.seen):
@@ -481,7 +479,6 @@ class SecretCache:
         """Replace ``entry`` by the answer another worker refreshed, unless a write has landed since that
         refresh began (its stamps differ from the table's). Returns the new entry, or None."""
         stamps = self.stamps
-        assert stamps is not None
         if published.slot != entry.slot:
             return None
         if stamps.read(published.slot) != published.stamp or stamps.read(GLOBAL) != published.global_stamp:
@@ -604,7 +601,6 @@ class SecretCache:
         changed one of them since (then the answer may predate the write: it is answered, not kept).
         Returns the entry of a single read when it was kept."""
         stamps = self.stamps
-        assert stamps is not None
         if not stamps.current(seen):
             return None
         doc = _json_object(body)

@@ -89,6 +89,7 @@ class LimitsConfig:
     max_list_members: int = field(default=1000, metadata=_range(1, 100000))
     max_concurrent_requests: int = field(default=256, metadata=_range(1, 100000))
     max_response_bytes: int = field(default=16777216, metadata=_range(1024, 1024**3))
+    max_upstream_pages: int = field(default=10, metadata=_range(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)

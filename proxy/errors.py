@@ -13,7 +13,7 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     │   ├── RequestURITooLong 414     ├── UnknownParameter 400
     │   ├── RequestEntityTooLarge 413 ├── MissingParameter 400 / InvalidParameterValue 400
     │   ├── RequestTimeout 408        ├── MalformedJSON 400 (SerializationException; SDK calls)
-    │   └── AccessDenied 403
+    │   ├── AccessDenied 403          └── InvalidNextToken 400 (InvalidNextTokenException)
     ├── ServerError (5xx, Receiver)
     │   ├── ServiceUnavailable 503    ├── BadGateway 502
     │   │                             │   ├── UpstreamUnresolvable 502 (final: not retried)
@@ -117,6 +117,13 @@ class InvalidParameterValue(ClientError):
 
 class AccessDenied(ClientError):
     status, code = 403, "AccessDenied"
+
+
+class InvalidNextToken(ClientError):
+    """A ``NextToken`` the proxy did not hand out for this listing (:mod:`proxy.listing`): the code Secrets
+    Manager itself answers for a bad token, so that SDKs raise their ``InvalidNextTokenException``."""
+
+    code = "InvalidNextTokenException"
 
 
 class ServerError(ProxyError):

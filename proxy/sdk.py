@@ -13,7 +13,8 @@ Errors the proxy raises reach the SDK as JSON 1.1 errors (``{"__type": ..., "mes
 One exception to "unchanged": with ``policy.allow_secrets`` set, an answer whose output shape can name secrets
 (``ListSecrets``' ``SecretList``, ``BatchGetSecretValue``'s ``SecretValues``, any ``ARN``/``Name``) is read whole
 (up to ``limits.max_response_bytes``), filtered by the same :func:`~proxy.translate.visible_output` as a Query
-answer and written again as JSON (:func:`filtered_answer`): an SDK call sees no more than a Query request.
+answer and written again as JSON (:func:`filtered_answer`), and a listing is paged by the proxy with its own
+``NextToken`` (:mod:`proxy.listing`): an SDK call sees no more than a Query request.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from botocore.model import ListShape, MapShape, OperationModel, Shape, Structure
 from botocore.utils import parse_timestamp
 
 from . import errors
-from .handler import SERVICE, send_upstream
+from .handler import SERVICE, send_upstream, upstream_call
 from .middleware import RequestContext, context
 from .models import Operation
 from .parse import read_body, request_head
@@ -261,11 +262,18 @@ async def filtered_answer(
     """Send, read the whole answer (up to ``limits.max_response_bytes``) and answer the SDK with it after
     :func:`~proxy.translate.visible_output` has taken out every secret ``keep`` refuses.
 
-    A JSON error body is relayed unchanged. Raises what :func:`~proxy.handler.send_upstream` raises, the
+    A listing that names no secret (``ListSecrets``, ``BatchGetSecretValue`` by ``Filters``) is paged by the
+    proxy itself (:meth:`proxy.listing.Listings.answer`), with its own ``NextToken``. A JSON error body is
+    relayed unchanged. Raises what :func:`~proxy.handler.send_upstream` raises, the
     upstream's error for a non-JSON error body, BadGateway for a success that is not a JSON object, and
     AccessDenied for an answer about a secret ``keep`` refuses.
     """
-    response = await send_upstream(service, ctx, operation, headers, payload)
+    listings = service.listings
+    listing = listings.pages(operation) if listings is not None else None
+    if listings is not None and listing is not None:  # paged by the proxy (proxy/listing.py)
+        response = await listings.answer(listing, operation, keep, upstream_call(service, ctx, operation))
+    else:
+        response = await send_upstream(service, ctx, operation, headers, payload)
     out_headers = answer_headers(response.headers, ctx.request_id)
     if response.status >= 300:
         if not AWS_JSON.holds(response.body):

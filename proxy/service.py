@@ -10,6 +10,7 @@ from .cache import SecretCache
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
 from .guard import CredentialGuard
+from .listing import Listings
 from .metrics import Metrics
 from .models import Endpoint
 from .policy import Policy
@@ -35,6 +36,8 @@ class Service:
     cache: SecretCache
     # operations that hand out credentials (docs/interface.md, "Policy")
     guard: CredentialGuard = CredentialGuard(frozenset())
+    # listings the proxy pages itself under policy.allow_secrets (proxy/listing.py); None: no allow_secrets
+    listings: Listings | None = None
 
     @property
     def protocol(self) -> str:

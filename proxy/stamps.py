@@ -66,7 +66,8 @@ class StampTable:
 
     def __init__(self) -> None:
         self._map = mmap.mmap(-1, SLOTS * _WORD)  # anonymous, MAP_SHARED: inherited by forked workers
-        self._words = memoryview(self._map).cast("Q")
+        # the words themselves, for the hit path to index without a call: ``words[slot]`` is a stamp
+        self.words = self._words = memoryview(self._map).cast("Q")
 
     def read(self, slot: int) -> int:
         """The current stamp of ``slot`` (:data:`GLOBAL` or a :func:`slot_of`)."""

@@ -343,7 +343,8 @@ class Rig:
 @contextlib.contextmanager
 def rigged(tls: tuple[ssl.SSLContext, str], cache: dict[str, Any], **upstream: Any) -> Iterator[Rig]:
     """The fake upstream over TLS and the proxy in front of it, with ``cache`` and one attempt each;
-    ``upstream`` keys over ``read_timeout_seconds: 0.5`` and ``total_timeout_seconds: 5``."""
+    ``upstream`` keys over ``read_timeout_seconds: 2`` (held answers are released well within it, also on a
+    loaded machine) and ``total_timeout_seconds: 5``."""
     server_ctx, ca_file = tls
     fake = FakeSecretsManager()
     clock = Clock()
@@ -358,7 +359,7 @@ def rigged(tls: tuple[ssl.SSLContext, str], cache: dict[str, Any], **upstream: A
                     "endpoint_url": server.url,
                     "ca_bundle": ca_file,
                     "max_attempts": 1,
-                    "read_timeout_seconds": 0.5,
+                    "read_timeout_seconds": 2,
                     "total_timeout_seconds": 5,
                     **upstream,
                 },
@@ -772,3 +773,26 @@ def test_workers_no_stale_read_after_writes_while_refreshes_run(emulator: Any, d
             discarded = sum(metric_sum(a, counted) for a in admins)
             assert discarded >= 1, "no refresh was in flight at a write: the test did not test what it says"
             assert proxy.stop() == 0
+
+
+def test_a_write_through_a_route_is_seen_by_the_main_listeners_cache(emulator: Any, demo_env: None) -> None:
+    """Two listeners of one process fronting the same Secrets Manager (``routes:``), each with its own cache:
+    they share the stamp table, so a write through one leaves no stale read on the other."""
+    from tests.serving import Served
+    from tests.support import proxy_config
+
+    upstream = {"region": REGION, "endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
+    cfg = proxy_config(
+        emulator.server,
+        cache={"enabled": True},
+        policy={"allow_actions": ["*"]},
+        routes=[{"port": 0, "upstream": upstream, "policy": {"allow_actions": ["*"]}}],
+    )
+    name = unique("route")
+    emulator.direct().create_secret(Name=name, SecretString="v1")
+    with Served(cfg) as served:
+        main, route = served.port, served.route_ports[0]
+        assert value(main, name) == "v1" and value(main, name) == "v1"  # cached by the main listener
+        target = f"/?Action=PutSecretValue&SecretId={quote(name, safe='')}&SecretString=v2&Version=2017-10-17"
+        assert raw_request(route, "GET", target).status == 200
+        assert value(main, name) == "v2"
