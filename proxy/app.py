@@ -23,11 +23,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
+import botocore.exceptions
 import botocore.session
 from aiohttp import web
 
 from . import __version__, sharedstore
-from .attempts import AttemptPolicy
+from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
 from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
 from .credentials import CredentialManager, Fetch, build_fetch
@@ -82,6 +83,7 @@ class Shared:
     # what the workers of --workers share of the cache's refresh-ahead (proxy/sharedstore.py), one for every
     # listener's cache too; None with one process
     cache_store: SharedStore | None = None
+    retry_quota: RetryQuota = field(default_factory=RetryQuota)  # the retry budget, one per process
 
 
 def cache_store(cfg: Config, workers: int) -> SharedStore | None:
@@ -110,8 +112,29 @@ ROUTES = web.AppKey("routes", tuple[RouteApp, ...])
 
 
 def botocore_session() -> botocore.session.Session:
-    """A fresh botocore session reading the standard AWS environment and shared config."""
-    return botocore.session.get_session()
+    """A fresh botocore session reading the standard AWS environment and shared config.
+
+    The profile is checked here, once, so that a bad one is a config error naming its variable (exit 2)
+    rather than botocore's traceback from wherever the session is first read. Raises ConfigError naming
+    ``AWS_PROFILE`` (or ``AWS_DEFAULT_PROFILE``, which botocore reads first) for a profile that neither the
+    shared config file nor the credentials file has, and ``AWS_CONFIG_FILE`` / ``AWS_SHARED_CREDENTIALS_FILE``
+    for a file botocore cannot parse."""
+    session = botocore.session.get_session()
+    try:
+        session.get_scoped_config()
+    except botocore.exceptions.ProfileNotFound as exc:
+        variable = "AWS_DEFAULT_PROFILE" if os.environ.get("AWS_DEFAULT_PROFILE") else "AWS_PROFILE"
+        files = f"{session.get_config_variable('config_file')} or {session.get_config_variable('credentials_file')}"
+        raise ConfigError(
+            f"{variable}: no profile named {exc.kwargs.get('profile')!r} in {files} "
+            f"(unset {variable}, or create the profile)"
+        ) from None
+    except botocore.exceptions.ConfigParseError as exc:
+        path = str(exc.kwargs.get("path"))
+        credentials_file = os.path.expanduser(str(session.get_config_variable("credentials_file")))
+        variable = "AWS_SHARED_CREDENTIALS_FILE" if path == credentials_file else "AWS_CONFIG_FILE"
+        raise ConfigError(f"{variable}: {path} is not a valid AWS config file (INI sections and key = value)") from None
+    return session
 
 
 def region_from_env(session: botocore.session.Session) -> str | None:
@@ -176,7 +199,7 @@ def route_config(cfg: Config, route: RouteConfig) -> Config:
 
 def _listener_app(cfg: Config, shared: Shared, service: Service) -> web.Application:
     app = web.Application(
-        middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests)],
+        middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests, service.rules)],
         client_max_size=cfg.limits.max_body_bytes,
         handler_args={
             "max_field_size": 16384,
@@ -217,7 +240,7 @@ def build_service(
             f"botocore model protocol is {' or '.join(sorted(PROTOCOLS))}"
         )
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
-    policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy")
+    policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy", service=up.service)
     if upstream is None:
         upstream = AiohttpUpstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
@@ -249,6 +272,7 @@ def build_service(
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
+        retry_quota=shared.retry_quota,
         cache=cache,
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
         listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
@@ -276,6 +300,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service.cache.start()
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
+    shared.metrics.retry_quota_tokens.set_function(lambda: shared.retry_quota.available)
     await shared.credentials.start()
     try:
         yield

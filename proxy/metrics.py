@@ -32,6 +32,8 @@ class Metrics:
     cache_bytes: Gauge
     cache_refreshes: Counter
     cache_version_checks: Counter
+    retries_refused: Counter
+    retry_quota_tokens: Gauge
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def child(self, metric: M, *values: str) -> M:
@@ -111,6 +113,16 @@ class Metrics:
                 f"{PREFIX}_cache_version_checks",
                 "DescribeSecret calls made at refresh (cache.version_check), by result (unchanged, changed, error)",
                 ["result"],
+                registry=r,
+            ),
+            retries_refused=Counter(
+                f"{PREFIX}_retries_refused",
+                "Upstream retries not made because the process's retry budget was spent",
+                registry=r,
+            ),
+            retry_quota_tokens=Gauge(
+                f"{PREFIX}_retry_quota_tokens",
+                "Tokens left in the process's retry budget (500 at most; a retry costs 5, 10 after a timeout)",
                 registry=r,
             ),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .attempts import AttemptPolicy
+from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
@@ -33,6 +33,7 @@ class Service:
     attempts: AttemptPolicy
     metrics: Metrics
     clock_skew: ClockSkew
+    retry_quota: RetryQuota  # shared by every listener of the process
     cache: SecretCache
     # operations that hand out credentials (docs/interface.md, "Policy")
     guard: CredentialGuard = CredentialGuard(frozenset())
