@@ -236,6 +236,7 @@ class SecretCache:
         self._due: list[tuple[float, int, EntryKey, _Entry]] = []  # (refresh point, tie-break, key, entry)
         self._pushed = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._check_failed = False  # a version check failed once (logged once)
         self.stamps = stamps if stamps is not None else StampTable()
         self._words = self.stamps.words
         self.shared = shared if cfg.enabled and cfg.refresh_ahead else None
@@ -551,6 +552,10 @@ class SecretCache:
         described = _json_object(response.body) if response is not None and response.status < 300 else None
         if described is None or cached is None:
             self._checks["error"].inc()
+            if not self._check_failed:  # once: every failure is counted in cache_version_checks_total
+                self._check_failed = True
+                status = response.status if response is not None else None
+                log.warning("cache version check failed; GetSecretValue instead", extra={"upstream_status": status})
             return False
         unchanged = version_unchanged(cached, described)
         self._checks["unchanged" if unchanged else "changed"].inc()
@@ -592,6 +597,9 @@ class SecretCache:
     def _push(self, when: float, key: EntryKey, entry: _Entry) -> None:
         self._pushed += 1
         heapq.heappush(self._due, (when, self._pushed, key, entry))
+        if len(self._due) > 2 * len(self._entries) + 64:  # replaced entries' points: dropped, amortized O(1)
+            self._due = [item for item in self._due if self._entries.get(item[2]) is item[3]]
+            heapq.heapify(self._due)
 
     # -----------------------------------------------------------------------------------------------------
     # the maps

@@ -82,7 +82,7 @@ class SharedStore:
 
     def __init__(self, max_entries: int, max_bytes: int, max_age: float) -> None:
         records = 64
-        while records < 2 * max_entries and records < 1 << 20:
+        while records < 2 * max_entries and records < 1 << 18:
             records *= 2
         self.records = records
         self.blocks = -(-max_bytes // BLOCK)

@@ -467,3 +467,25 @@ async def test_a_failed_refresh_holds_the_other_workers_off_for_the_retry_time()
     assert a.upstream.count() == 4
     assert a.metric("cache_refreshes_total", result="fetched") == 1
     assert b.metric("cache_refreshes_total", result="adopted") == 1
+
+
+async def test_refresh_points_of_replaced_entries_do_not_pile_up() -> None:
+    """Cache-Control: no-cache stores a new entry every time: the sweep's list of refresh points stays bounded."""
+    f = reader()
+    for _ in range(1000):
+        await f.ask(op("GetSecretValue", SecretId="app/db"), "no-cache")
+    assert len(f.cache._due) <= 2 * len(f.cache) + 65
+
+
+async def test_a_version_check_the_role_may_not_make_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    f = reader(version_check=True)
+    await f.value("app/db")
+    original = f.upstream.answer
+    f.upstream.answer = lambda o: error(400, "AccessDeniedException") if o.name == "DescribeSecret" else original(o)  # type: ignore[method-assign]
+    for _ in range(3):
+        await tick(f, REFRESH_AT * TTL)
+        await f.value("app/db")
+        await settle(f)
+    assert f.metric("cache_version_checks_total", result="error") == 3
+    assert f.upstream.count() == 4  # each refresh fell back to GetSecretValue
+    assert [r.message for r in caplog.records].count("cache version check failed; GetSecretValue instead") == 1
