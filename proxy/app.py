@@ -4,8 +4,9 @@
 endpoint resolution, the translator and policy are prepared here (synchronously, once); the upstream
 ClientSession and the credential refresher live in one ``cleanup_ctx`` generator that opens and closes
 both. Each entry of ``routes:`` gets one more application (:data:`ROUTES`) with its own upstream and policy,
-sharing the credentials, metrics and limits. :func:`serve` runs them (and the admin listener) until
-SIGTERM/SIGINT, then drains per docs/interface.md, "Signals and shutdown".
+sharing the credentials, metrics and limits. With ``agent_api.port`` set, the Secrets Manager Agent's API gets a
+listener of its own on the Query listener's service (:mod:`proxy.agent`). :func:`serve` runs them (and the admin
+listener) until SIGTERM/SIGINT, then drains per docs/interface.md, "Signals and shutdown".
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import botocore.session
 from aiohttp import web
 
 from . import __version__, sharedstore
+from .agent import AGENT_LISTENER, AgentListener, agent_listener
 from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
 from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
@@ -181,6 +183,9 @@ def create_app(
     if cfg.admin.host is None:
         add_admin_routes(app)
     app.cleanup_ctx.append(_lifecycle)
+    if cfg.agent_api.port is not None:
+        app[AGENT_LISTENER] = agent_listener(cfg, shared.metrics, service)
+        app.cleanup_ctx.append(_agent_listener_drained)  # cleaned up before _lifecycle closes the transport
     routes = []
     for i, route in enumerate(cfg.routes):
         route_cfg = route_config(cfg, route)
@@ -308,6 +313,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await service.cache.close()
         await shared.credentials.close()
         await service.upstream.aclose()
+
+
+async def _agent_listener_drained(app: web.Application) -> AsyncIterator[None]:
+    """The Agent API's listener shares this listener's service: the transport stays open until it has drained."""
+    yield
+    listener = app[AGENT_LISTENER]
+    if listener.serving:
+        await listener.stopped.wait()
 
 
 async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -440,8 +453,8 @@ async def serve(
     ``ready(port, admin_port)`` is called once the listeners are bound. On the signal ``/readyz`` turns 503 at
     once, requests are still accepted for ``shutdown_delay_seconds``, then the listeners close and in-flight
     requests finish within ``shutdown_grace_seconds``. As one of ``--workers`` (``worker``), the Query
-    listeners share their ports with the other workers (SO_REUSEPORT) and the admin listener is this worker's
-    own, on ``admin.port + worker.index`` (any free port when ``admin.port`` is 0).
+    listeners (and the Agent API's) share their ports with the other workers (SO_REUSEPORT) and the admin
+    listener is this worker's own, on ``admin.port + worker.index`` (any free port when ``admin.port`` is 0).
     """
     log.debug("effective configuration", extra={"config": redacted(cfg)})
     if cfg.upstream.allow_insecure_http:
@@ -458,7 +471,7 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False)
     await runner.setup()
     admin_runner: web.AppRunner | None = None
-    route_runners: list[web.AppRunner] = []
+    other_runners: list[web.AppRunner] = []
     try:
         server_ssl = _server_ssl(cfg)
         shared_port = worker is not None
@@ -468,7 +481,7 @@ async def serve(
                 route.app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False
             )
             await route_runner.setup()
-            route_runners.append(route_runner)
+            other_runners.append(route_runner)
             route.port = await start_sites(
                 route_runner, _listen_hosts(cfg.listen.host), route.route.port, server_ssl, shared_port
             )
@@ -476,6 +489,16 @@ async def serve(
                 "listening",
                 extra={"route": route.index, "service": route.route.upstream.service, "port": route.port}
                 | ({"worker": worker.index} if worker is not None else {}),
+            )
+        agent: AgentListener | None = app.get(AGENT_LISTENER)
+        if agent is not None:
+            agent_runner = web.AppRunner(
+                agent.app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False
+            )
+            await agent_runner.setup()
+            other_runners.append(agent_runner)  # drained with the others
+            agent.port = await start_sites(
+                agent_runner, _listen_hosts(cfg.agent_api.host), cfg.agent_api.port or 0, None, shared_port
             )
         admin_port = None
         if cfg.admin.host is not None:
@@ -490,6 +513,7 @@ async def serve(
                 "port": port,
                 "tls": cfg.listen.tls.enabled,
                 "admin_port": admin_port,
+                **({"agent_api_port": agent.port} if agent is not None else {}),
                 "loopback_only": is_loopback(cfg.listen.host),
                 "version": __version__,
                 "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
@@ -505,7 +529,7 @@ async def serve(
             await asyncio.sleep(cfg.shutdown_delay_seconds)
     finally:
         # every listener closes at once and drains in parallel: one grace period in all, not one per route
-        await asyncio.gather(*(drain(r) for r in [*route_runners, runner]))
+        await asyncio.gather(*(drain(r) for r in [*other_runners, runner]))
         if admin_runner is not None:
             await admin_runner.cleanup()
         log.info("stopped")

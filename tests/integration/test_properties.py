@@ -109,8 +109,6 @@ class Prop:
         for call in calls:
             assert may_reach_upstream, "a request without the token or with a foreign Host reached the upstream"
             assert_allowed_call(call)
-        if resp.status == 200:
-            assert len(calls) == 1
         content_type = resp.header("Content-Type") or ""
         if not content_type.startswith("text/xml"):
             # only the HTTP parser answers before the application (docs/interface.md, "Errors"): a 4xx in plain text
@@ -128,6 +126,10 @@ class Prop:
         else:
             ns = {"q": root.tag.partition("}")[0][1:]}
             assert root.find("q:ResponseMetadata/q:RequestId", ns) is not None
+            # a success came from the upstream, except a listing whose filter no allowed secret can match: the
+            # proxy answers it empty itself (docs/interface.md, "Policy")
+            listing = root.tag.rpartition("}")[2] in ("ListSecretsResponse", "BatchGetSecretValueResponse")
+            assert len(calls) == 1 or (listing and not calls), (root.tag, len(calls))
 
 
 @pytest.fixture
