@@ -249,6 +249,11 @@ class SecretCache:
         """The sum of the cached bodies' sizes (bytes)."""
         return self._bytes
 
+    @property
+    def in_flight(self) -> int:
+        """Upstream reads in flight: misses' shared fetches and refreshes."""
+        return len(self._tasks)
+
     async def answer(self, operation: Operation, cache_control: str | None, fetch: Fetch) -> UpstreamResponse:
         """The upstream answer for ``operation``: from the cache, from a shared upstream call, or from
         ``fetch()`` (the signed upstream call with retries), per the rules in the module docstring.

@@ -28,7 +28,7 @@ def reader(**cfg: Any) -> Fixture:
 
 async def settle(f: Fixture) -> None:
     """Let every background call the cache started finish (the upstream answers at once unless held)."""
-    await until(lambda: not f.cache._tasks)
+    await until(lambda: f.cache.in_flight == 0)
 
 
 async def tick(f: Fixture, seconds: float) -> None:
