@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import gc
 import sys
 from collections.abc import Sequence
@@ -143,7 +144,7 @@ def run(argv: Sequence[str]) -> int:
     from .workers import run_workers
 
     try:
-        return run_workers(cfg, args.workers, create_app, serve_one)
+        return run_workers(cfg, args.workers, functools.partial(create_app, workers=args.workers), serve_one)
     except ConfigError as exc:
         return _fail(f"config error: {exc}")
     except ListenError as exc:
