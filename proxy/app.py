@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ import botocore.exceptions
 import botocore.session
 from aiohttp import web
 
-from . import __version__
+from . import __version__, sharedstore
 from .agent import AGENT_LISTENER, AgentListener, agent_listener
 from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
@@ -36,17 +37,19 @@ from .credentials import CredentialManager, Fetch, build_fetch
 from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
 from .guard import CredentialGuard
-from .handler import SERVICE
+from .h1client import H1Upstream
+from .handler import SERVICE, call_upstream
 from .listing import Listings, PageTokens
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
 from .models import Endpoint
 from .policy import Policy
 from .service import Service
+from .sharedstore import SharedStore
 from .signing import ClockSkew
 from .stamps import StampTable
 from .translate import InputLimits, Translator
-from .upstream import AiohttpUpstream, Upstream
+from .upstream import Upstream
 from .validate import RuleSettings
 
 log = logging.getLogger("proxy")
@@ -80,7 +83,19 @@ class Shared:
     # the secret cache's stamp table (proxy/stamps.py), one for every listener's cache: a write through a
     # route is seen by the main listener's cache too; made here too, before the fork
     stamps: StampTable = field(default_factory=StampTable)
+    # what the workers of --workers share of the cache's refresh-ahead (proxy/sharedstore.py), one for every
+    # listener's cache too; None with one process
+    cache_store: SharedStore | None = None
     retry_quota: RetryQuota = field(default_factory=RetryQuota)  # the retry budget, one per process
+
+
+def cache_store(cfg: Config, workers: int) -> SharedStore | None:
+    """The :class:`~proxy.sharedstore.SharedStore` for ``workers`` processes forked from this one: None for one
+    process, with the cache or its refresh-ahead off, or where the platform has no ``memfd_create``."""
+    cache = cfg.cache
+    if workers <= 1 or not cache.enabled or not cache.refresh_ahead or not sharedstore.available():
+        return None
+    return SharedStore(cache.max_entries, cache.max_bytes, cache.ttl_seconds)
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -140,21 +155,30 @@ def create_app(
     resolver: aiohttp.abc.AbstractResolver | None = None,
     clock: Callable[[], float] = time.time,
     shared: Shared | None = None,
+    workers: int = 1,
 ) -> web.Application:
     """Build the Query listener's application.
 
     ``session`` is the botocore session (default: a fresh one from the environment); ``fetch`` replaces the
     credential fetch (default: :func:`~proxy.credentials.build_fetch` on the config); ``upstream`` replaces
     the aiohttp transport (tests of pure pipeline logic); ``resolver`` is the DNS resolver of the aiohttp
-    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages. Raises ConfigError for
-    what can only be checked against botocore (service, endpoint, operation names in the policy).
+    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages; ``workers`` is the number
+    of processes that will be forked from this one to serve it (``--workers``: above 1, the secret cache
+    gets the memory they share for refresh-ahead). Raises ConfigError for what can only be checked against
+    botocore (service, endpoint, operation names in the policy).
     """
     session = session or botocore_session()
     if shared is None:
         credentials = CredentialManager(
             fetch or build_fetch(session, cfg.credentials, cfg.upstream, clock), clock=clock
         )
-        shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
+        shared = Shared(
+            config=cfg,
+            credentials=credentials,
+            metrics=Metrics.create(),
+            lifecycle=Lifecycle(),
+            cache_store=cache_store(cfg, workers),
+        )
     service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock)
     app = _listener_app(cfg, shared, service)
     if cfg.admin.host is None:
@@ -224,7 +248,7 @@ def build_service(
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
     policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy", service=up.service)
     if upstream is None:
-        upstream = AiohttpUpstream(
+        upstream = H1Upstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
             connect_timeout=up.connect_timeout_seconds,
             read_timeout=up.read_timeout_seconds,
@@ -233,7 +257,16 @@ def build_service(
             resolver=resolver,
             user_agent=f"query-signing-proxy/{__version__}",
         )
-    return Service(
+    # a refresh may take a DescribeSecret and a GetSecretValue, each within the upstream's total timeout
+    cache = SecretCache(
+        cfg.cache,
+        shared.metrics,
+        clock=clock,
+        stamps=shared.stamps,
+        shared=shared.cache_store,
+        lease_seconds=2 * up.total_timeout_seconds,
+    )
+    service = Service(
         upstream_cfg=up,
         limits=cfg.limits,
         endpoint=endpoint,
@@ -246,10 +279,12 @@ def build_service(
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
         retry_quota=shared.retry_quota,
-        cache=SecretCache(cfg.cache, shared.metrics, clock=clock, stamps=shared.stamps),
+        cache=cache,
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
         listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
     )
+    cache.call = functools.partial(call_upstream, service)
+    return service
 
 
 def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endpoint, key: bytes) -> Listings | None:
@@ -268,6 +303,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     shared = app[SHARED]
     service = app[SERVICE]
     await service.upstream.start()
+    service.cache.start()
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
     shared.metrics.retry_quota_tokens.set_function(lambda: shared.retry_quota.available)
@@ -275,6 +311,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await service.cache.close()
         await shared.credentials.close()
         await service.upstream.aclose()
 
@@ -291,9 +328,11 @@ async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """A route's listener opens and closes only its own transport; the main listener owns the credentials."""
     service = app[SERVICE]
     await service.upstream.start()
+    service.cache.start()
     try:
         yield
     finally:
+        await service.cache.close()
         await service.upstream.aclose()
 
 
