@@ -31,7 +31,8 @@ sends such a request in one write and reads the answer with the same parts aioht
   a name that does not resolve :class:`~proxy.errors.UpstreamUnresolvable`, a certificate that does not verify
   :class:`~proxy.errors.UpstreamCertificateInvalid`, refused, reset, TLS or framing failures
   :class:`~proxy.errors.BadGateway`, a timeout :class:`~proxy.errors.GatewayTimeout`. A connection that
-  failed, timed out or was cancelled mid-answer is closed, never reused.
+  failed, timed out or was cancelled mid-answer is aborted (no TLS ``close_notify`` awaited) and its place in
+  the pool freed at once, never reused.
 
 Requests through an outbound HTTP proxy (``HTTPS_PROXY`` / ``NO_PROXY``, looked up once per URL as aiohttp's
 ``trust_env`` and botocore do) go through :class:`proxy.upstream.AiohttpUpstream` instead: CONNECT tunnels
@@ -191,11 +192,22 @@ class _Connection(BaseProtocol):
         self._body = None
         return started is None and self.transport is not None and not self.transport.is_closing()
 
-    def close(self) -> None:
+    def close(self, graceful: bool = False) -> None:
+        """Drop the connection; the pool stops counting it at once.
+
+        The transport is aborted unless ``graceful`` (an idle connection past its keep-alive time): closing a
+        TLS transport waits for the upstream's ``close_notify``, up to the event loop's SSL shutdown timeout
+        (30 s), and an upstream that never sends it (hung, or hostile) would hold the connection's place in
+        the pool that long after a failure -- aiohttp's connector frees it at once too."""
         self.in_step = False
         self._drop_timer()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if graceful:
+                transport.close()
+            else:
+                transport.abort()
+        self._pool.lost(self)
 
     # -- asyncio.Protocol
 
@@ -370,7 +382,7 @@ class _Pool:
                 self._sweep = self._loop.call_later(KEEPALIVE_SECONDS, self._close_stale)
             self._wake()
         else:
-            conn.close()  # lost() follows
+            conn.close()
 
     def lost(self, conn: _Connection) -> None:
         if conn in self._open:
@@ -403,8 +415,7 @@ class _Pool:
         if oldest is None:
             return False
         self._idle[oldest.key].remove(oldest)
-        oldest.close()
-        self._open.discard(oldest)
+        oldest.close(graceful=True)
         return True
 
     def _close_stale(self) -> None:
@@ -413,7 +424,7 @@ class _Pool:
         remaining = False
         for idle in self._idle.values():
             while idle and idle[0].idle_since <= horizon:
-                idle.pop(0).close()
+                idle.pop(0).close(graceful=True)
             remaining = remaining or bool(idle)
         if remaining:
             self._sweep = self._loop.call_later(KEEPALIVE_SECONDS / 2, self._close_stale)

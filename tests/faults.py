@@ -5,6 +5,8 @@
   :func:`reset_mid_body`, :func:`sequence` ...). It records every request it saw and can count the
   connections still open to it, so a test can see the proxy release a socket.
 - :class:`SilentServer` accepts TCP connections and never sends a byte (a TLS handshake that never ends).
+- :class:`ScriptedServer` is TLS with a script per connection writing raw bytes (answers no HTTP server writes:
+  several in one packet, bytes nobody asked for, a peer that then goes quiet without ``close_notify``).
 - :class:`LoopbackResolver` is an aiohttp resolver that answers only from a table, so no DNS query leaves
   the machine.
 - :class:`MeasuredProxy` runs the real CLI (:class:`tests.process.ProxyProcess`) with a config, and reads its
@@ -17,6 +19,7 @@ Also the pytest fixtures for these (registered by ``tests/conftest.py``): ``cert
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import selectors
@@ -401,6 +404,94 @@ class SilentServer:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+class ScriptedServer:
+    """A TLS listener on 127.0.0.1 whose every connection runs ``script(conn, n)`` in a thread of its own: ``conn``
+    the server's blocking ``ssl.SSLSocket``, ``n`` the connection's number from 1. For answers no aiohttp server
+    writes: bytes on the wire exactly as the script sends them, when it sends them.
+
+    A connection stays open when its script returns, without ``close_notify`` or a FIN and without reading,
+    until the server stops: an upstream that has gone quiet. ``accepted`` counts connections; a script that
+    raises is recorded in ``errors`` (a peer going away mid-script is not an error).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, script: Callable[[ssl.SSLSocket, int], None]) -> None:
+        self._context = ssl_context
+        self._script = script
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.accepted = 0
+        self.errors: list[BaseException] = []
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was closed
+            self.accepted += 1
+            self._conns.append(sock)
+            threading.Thread(target=self._run, args=(sock, self.accepted), daemon=True).start()
+
+    def _run(self, sock: socket.socket, n: int) -> None:
+        try:
+            conn = self._context.wrap_socket(sock, server_side=True)
+            self._conns.append(conn)
+            self._script(conn, n)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            pass
+        except BaseException as exc:  # surfaced by the test through ``errors``
+            self.errors.append(exc)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
+        self._listener.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+        self._thread.join(10)
+
+
+def read_http_request(conn: ssl.SSLSocket) -> bytes | None:
+    """Read one request (head and a ``Content-Length`` body) from ``conn``; its head, or None at the end of input."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            return None
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        more = conn.recv(65536)
+        if not more:
+            return None
+        body += more
+    return head
+
+
+def http_answer(body: bytes, status: str = "200 OK", headers: bytes = b"") -> bytes:
+    """An HTTP/1.1 answer framed by ``Content-Length``, as bytes (``headers``: extra lines, each ending CR LF)."""
+    return b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status.encode(),
+        JSON_TYPE.encode(),
+        len(body),
+        headers,
+        body,
+    )
 
 
 class LoopbackResolver(AbstractResolver):

@@ -3,9 +3,21 @@ upstream socket released afterwards. Real aiohttp fault servers over TLS on loop
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
-from tests.faults import SilentServer, drip, never, stall_body, xml_error
+from tests.faults import (
+    ScriptedServer,
+    SilentServer,
+    drip,
+    http_answer,
+    never,
+    read_http_request,
+    secret_value,
+    stall_body,
+    xml_error,
+)
 from tests.support import poll, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
@@ -77,3 +89,26 @@ def test_a_body_that_drips_inside_the_read_deadline_is_cut_by_the_total_deadline
     assert elapsed <= 2 + SLACK
     assert len(fault.seen) == 1  # the read deadline never fired: one attempt, ended by the total deadline
     poll(lambda: fault.open_connections() == 0, 5, "the proxy to close its upstream connection")
+
+
+def test_a_timed_out_connection_to_a_quiet_upstream_does_not_hold_the_pool(certs, start_fault_proxy):
+    """The first connection reads the request and goes quiet (no answer, no FIN, no TLS ``close_notify``). With
+    one upstream connection allowed (``limits.max_concurrent_requests: 1``), the request after the 504 gets a
+    connection of its own at once, rather than waiting for the dropped one's TLS shutdown (30 s)."""
+
+    def script(conn: Any, n: int) -> None:
+        while read_http_request(conn) is not None and n > 1:
+            conn.sendall(http_answer(json.dumps(secret_value()).encode()))
+
+    with ScriptedServer(certs.server_context(), script) as server:
+        proxy = start_fault_proxy(
+            server.url,
+            upstream={"read_timeout_seconds": 0.5, "total_timeout_seconds": 3, "max_attempts": 1},
+            limits={"max_concurrent_requests": 1},
+        )
+        elapsed, status, body = timed(proxy.port)
+        assert (status, xml_error(body)[1]) == (504, "GatewayTimeout")
+        elapsed, status, body = timed(proxy.port)
+        assert status == 200, body
+        assert b"<SecretString>s3cr3t</SecretString>" in body
+        assert server.accepted == 2 and server.errors == []

@@ -15,7 +15,19 @@ import pytest
 from proxy import errors, h1client
 from proxy.h1client import H1Upstream, request_bytes, route_of
 from proxy.models import SignedRequest
-from tests.faults import JSON_TYPE, FaultServer, LoopbackResolver, answer, delayed, ok, secret_value, stall_body
+from tests.faults import (
+    JSON_TYPE,
+    FaultServer,
+    LoopbackResolver,
+    ScriptedServer,
+    answer,
+    delayed,
+    http_answer,
+    ok,
+    read_http_request,
+    secret_value,
+    stall_body,
+)
 from tests.support import poll
 
 HOST = "secretsmanager.upstream.test"
@@ -180,6 +192,54 @@ async def test_a_pooled_connection_that_receives_bytes_is_closed(certs, start_fa
     finally:
         await upstream.aclose()
     assert fault.handshakes == 2
+
+
+def answer_then_quiet(first: bytes, after: bytes = b"") -> Any:
+    """A ScriptedServer script: the first connection answers one request with ``first`` (then ``after``, bytes
+    nobody asked for) and goes quiet, never reading or closing (no ``close_notify``); every later connection
+    answers ``{"n": <its number>}`` to each request."""
+
+    def script(conn: Any, n: int) -> None:
+        if n == 1:
+            if read_http_request(conn) is not None and first:
+                conn.sendall(first + after)
+            return
+        while read_http_request(conn) is not None:
+            conn.sendall(http_answer(b'{"n": %d}' % n))
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("first", "after", "error"),
+    [
+        (http_answer(b'{"n": 1}'), http_answer(b'{"n": "unasked"}'), None),  # two answers in one packet
+        (http_answer(b'{"n": 1}'), b"garbage", errors.BadGateway),  # bytes after the answer, in its packet
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", b"", errors.UpstreamUnexpectedStatus),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n", b"", errors.BadGateway),
+        (b"", b"", errors.GatewayTimeout),  # no answer: the read timeout
+    ],
+    ids=["two-answers", "trailing-garbage", "upgrade", "chunk-size-overflow", "silence"],
+)
+async def test_a_connection_dropped_on_a_quiet_upstream_frees_its_place_at_once(certs, first, after, error):
+    """A connection dropped after a failure, or after bytes nobody asked for, gives its place in the pool back
+    at once, even when the upstream then goes quiet without answering TLS's ``close_notify``: the next request
+    is not kept waiting for the event loop's SSL shutdown timeout (30 s) behind it."""
+    with ScriptedServer(certs.server_context(), answer_then_quiet(first, after)) as server:
+        upstream = client(certs, pool_size=1, read_timeout=0.3)
+        await upstream.start()
+        try:
+            if error is None:
+                assert json.loads((await upstream.send(post(server.url))).body) == {"n": 1}
+            else:
+                with pytest.raises(error):
+                    await upstream.send(post(server.url))
+            async with asyncio.timeout(5):
+                again = await upstream.send(post(server.url))
+        finally:
+            await upstream.aclose()
+        assert json.loads(again.body) == {"n": 2}  # its own answer, on a new connection
+        assert server.accepted == 2 and server.errors == []
 
 
 async def test_a_slow_reader_is_not_a_read_timeout(certs, start_fault):
