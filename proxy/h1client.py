@@ -367,7 +367,7 @@ class _Pool:
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # the turn it was given goes to the next one
-                else:
+                elif waiter in self._waiters:  # a cancelled waiter may already have been passed over by _wake
                     self._waiters.remove(waiter)
                 raise
 

@@ -151,6 +151,29 @@ async def test_a_cancelled_request_closes_its_connection_and_frees_its_place(cer
     assert fault.handshakes == 2
 
 
+async def test_a_request_cancelled_while_waiting_for_the_pool_ends_cancelled(certs, start_fault):
+    """A request waiting for a place in the pool whose wait is cancelled (its deadline, or its client gone) in the
+    same turn of the loop as a connection comes back ends in CancelledError -- so that ``asyncio.timeout``
+    turns it into the deadline's 504 -- and not in an error of the pool's own bookkeeping (a 500)."""
+    fault = start_fault(ok())
+    upstream = client(certs, pool_size=1)
+    await upstream.start()
+    try:
+        stream = await upstream.open(post(fault.url))  # holds the one connection, its answer already in
+        waiting = asyncio.ensure_future(upstream.send(post(fault.url)))
+        await asyncio.to_thread(poll, lambda: len(fault.seen) == 1, 5, "the first request to arrive")
+        for _ in range(5):
+            await asyncio.sleep(0)  # the second request is now waiting for the connection
+        assert not waiting.done()
+        waiting.cancel()
+        await stream.read(1 << 20)  # no await suspends: the connection goes back before the waiter runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await upstream.send(post(fault.url))).status == 200  # and the pool still serves
+    finally:
+        await upstream.aclose()
+
+
 async def test_idle_connections_are_closed_after_the_keep_alive_time(certs, start_fault, monkeypatch):
     monkeypatch.setattr(h1client, "KEEPALIVE_SECONDS", 0.2)
     fault = start_fault(ok())
