@@ -18,6 +18,10 @@ Layout: one ``memfd_create(2)`` file (memory only, never a path on disk), sized 
   so the pages in use stay close to the bytes of the answers held. The arena is ``cache.max_bytes``: an
   answer that finds no room, once records older than ``ttl_seconds`` are freed, is not shared.
 
+A record's body is put up last (its block number, after its length, fetch time and stamps), so a worker that
+dies in the middle of a publish leaves the previous answer's record empty rather than mixed; the blocks it had
+taken stay marked used (a few blocks lost per such death).
+
 Every access but :meth:`SharedStore.seq` takes one lock, a POSIX record lock (``lockf(3)``, ``fcntl``
 ``F_SETLKW``) on the memfd: record locks belong to the process, so the forked workers exclude each other
 (``flock(2)`` and OFD locks belong to the open file, which fork shares: they would not), and the kernel
@@ -183,10 +187,12 @@ class SharedStore:
             start = self._arena_at + at * BLOCK
             self._map[start : start + len(key)] = key
             self._map[start + len(key) : start + size] = body
-            words[index + _BLOCK] = at + 1
             words[index + _KEYLEN], words[index + _BODYLEN] = len(key), len(body)
             floats[index + _STORED] = stored
             words[index + _SLOT], words[index + _STAMP], words[index + _GLOBAL] = slot, stamp, global_stamp
+            # last: the record shows no body until everything above is in, so a worker killed in the middle
+            # (the kernel frees its lock) leaves no body read with another's length, time or stamps
+            words[index + _BLOCK] = at + 1
             seq: int = words[index + _SEQ] + 1
             words[index + _SEQ] = seq
         return seq

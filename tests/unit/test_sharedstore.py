@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -142,3 +146,62 @@ def test_a_failed_refresh_keeps_the_lease_until_the_retry_time() -> None:
     assert s.claim(i, KEY, B, 0.0, 12.5, 60.0) is None
     s.release(i, KEY, A, until=99.0)  # no longer a's: nothing changes
     assert s.claim(i, KEY, A, 0.0, 13.0, 60.0) == 72.5
+
+
+def die_at_line(line: int, work: Callable[[], object]) -> int:
+    """Fork a child that runs ``work`` and exits (``os._exit``, as abrupt as SIGKILL) at the ``line``-th line
+    event in proxy/sharedstore.py, or with 0 when ``work`` ends first. Returns the child's pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    lines = 0
+
+    def die_at(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal lines
+        if event == "line" and frame.f_code.co_filename.endswith("sharedstore.py"):
+            lines += 1
+            if lines == line:
+                os._exit(9)
+        return die_at
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        return die_at if frame.f_code.co_filename.endswith("sharedstore.py") else None
+
+    sys.settrace(trace)
+    try:
+        work()
+    finally:
+        sys.settrace(None)
+        os._exit(0)
+
+
+def test_a_worker_that_dies_at_any_point_of_a_publish_leaves_no_mixed_answer() -> None:
+    """A worker killed mid-publish (SIGKILL, the OOM killer) while holding the lock: the kernel frees the lock,
+    and the record then gives the answer before that publish or the one it was putting up, whole, with its own
+    fetch time and stamps -- never the new body's bytes under the old length (a cut answer, or one running on
+    into the next answer in the arena: another secret's value), nor a new body under the old stamps. The child
+    dies at each line the publish runs in turn (os._exit from a trace function, as abrupt as SIGKILL)."""
+    old, new = b'{"SecretString":"old-value-that-is-longer"}', b'{"SecretString":"new"}'
+    other = b"other-key"
+    seen_whole = set()
+    line = 0
+    while True:
+        line += 1
+        s = store()
+        i = s.index(KEY)
+        assert s.publish(i, KEY, A, old, 10.0, 7, 70, 700, 10.0)
+        assert s.publish(s.index(other), other, A, b'{"SecretString":"another secret"}', 10.0, 8, 80, 800, 10.0)
+        pid = die_at_line(line, lambda: s.publish(i, KEY, B, new, 20.0, 9, 90, 900, 20.0))  # noqa: B023
+        _, status = os.waitpid(pid, 0)
+        found = s.take(i, KEY, newer_than=0.0)
+        if found is not None:
+            assert (found.body, found.stored, found.slot, found.stamp, found.global_stamp) in (
+                (old, 10.0, 7, 70, 700),
+                (new, 20.0, 9, 90, 900),
+            ), f"after a death at line event {line}: {found}"
+            seen_whole.add(found.body)
+        assert s.claim(s.index(b"later"), b"later", A, 0.0, 30.0, 5.0) is None  # the lock was freed
+        assert s.publish(s.index(b"later"), b"later", A, b"{}", 30.0, 1, 1, 1, 30.0)  # and the arena still serves
+        if os.waitstatus_to_exitcode(status) == 0:
+            break  # the publish ran to its end: every line was a point of death once
+    assert seen_whole == {old, new} and line > 10
