@@ -124,8 +124,10 @@ async def relay(
             stream.close()
         raise
     if not opened:
+        error = upstream_error(answer)
         if not wire.holds(answer.body):
-            raise upstream_error(answer)
+            raise error
+        ctx.error_code = error.code  # relayed unchanged; the metrics still name its code
         return web.Response(
             status=answer.status, body=answer.body, headers=answer_headers(answer.headers, ctx.request_id)
         )

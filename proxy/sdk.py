@@ -115,48 +115,48 @@ class _Decoder:
             return self.map(shape, value, path)
         self.values += 1
         if self.values > self.limits.max_parameters:
-            raise errors.InvalidParameterValue(
+            raise errors.ValidationError(
                 f"more than limits.max_parameters ({self.limits.max_parameters}) values in one request"
             )
         return _scalar(shape, value, path)
 
     def structure(self, shape: StructureShape, value: Any, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise errors.InvalidParameterValue(f"{path or 'the body'}: must be a JSON object ({shape.name})")
+            raise errors.ValidationError(f"{path or 'the body'}: must be a JSON object ({shape.name})")
         members = {m.serialization.get("name", name): (name, m) for name, m in shape.members.items()}
         out: dict[str, Any] = {}
         for key, item in value.items():
             found = members.get(key)
             where = f"{path}.{key}" if path else key
             if found is None:
-                raise errors.UnknownParameter(f"{where} is not a member of {shape.name}")
+                raise errors.ValidationError(f"{where} is not a member of {shape.name}")
             if item is None:  # an explicit null is an absent member, as AWS reads it
                 continue
             name, member = found
             out[name] = self.decode(member, item, where)
         for required in shape.required_members:
             if required not in out:
-                raise errors.MissingParameter(f"{f'{path}.{required}' if path else required} is required")
+                raise errors.ValidationError(f"{f'{path}.{required}' if path else required} is required")
         return out
 
     def check_count(self, shape: Shape, count: int, path: str, what: str) -> None:
         """A list's items or a map's entries (``what``): at most ``limits.max_list_members``, and within the
         model's ``min``/``max``. Raises InvalidParameterValue naming ``path``."""
         if count > self.limits.max_list_members:
-            raise errors.InvalidParameterValue(
+            raise errors.ValidationError(
                 f"{path}: {count} {what} is over limits.max_list_members ({self.limits.max_list_members})"
             )
-        check_range(shape, count, path, f"the number of {what}")
+        check_range(shape, count, path, what)
 
     def list(self, shape: ListShape, value: Any, path: str) -> list[Any]:
         if not isinstance(value, list):
-            raise errors.InvalidParameterValue(f"{path}: must be a JSON array")
+            raise errors.ValidationError(f"{path}: must be a JSON array")
         self.check_count(shape, len(value), path, "items")
         return [self.decode(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
 
     def map(self, shape: MapShape, value: Any, path: str) -> dict[Any, Any]:
         if not isinstance(value, dict):
-            raise errors.InvalidParameterValue(f"{path}: must be a JSON object")
+            raise errors.ValidationError(f"{path}: must be a JSON object")
         self.check_count(shape, len(value), path, "entries")
         return {
             self.decode(shape.key, k, f"{path} key"): self.decode(shape.value, v, f"{path}.{k}")
@@ -168,21 +168,21 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
     kind = shape.type_name
     if kind == "string":
         if not isinstance(value, str):
-            raise errors.InvalidParameterValue(f"{path}: must be a string")
-        check_range(shape, len(value), path, "the length")
+            raise errors.ValidationError(f"{path}: must be a string")
+        check_range(shape, len(value), path, "length")
         return value
     if kind in ("integer", "long"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise errors.InvalidParameterValue(f"{path}: must be an integer")
-        check_range(shape, value, path, "the value")
+            raise errors.ValidationError(f"{path}: must be an integer")
+        check_range(shape, value, path, "value")
         return value
     if kind in ("float", "double"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise errors.InvalidParameterValue(f"{path}: must be a finite number")
+            raise errors.ValidationError(f"{path}: must be a finite number")
         return float(value)
     if kind == "boolean":
         if not isinstance(value, bool):
-            raise errors.InvalidParameterValue(f"{path}: must be true or false")
+            raise errors.ValidationError(f"{path}: must be true or false")
         return value
     if kind == "blob":
         try:
@@ -190,8 +190,8 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
         except (binascii.Error, ValueError):
             raw = None
         if raw is None:
-            raise errors.InvalidParameterValue(f"{path}: must be a base64 string (RFC 4648, with padding)")
-        check_range(shape, len(raw), path, "the length in bytes")
+            raise errors.ValidationError(f"{path}: must be a base64 string (RFC 4648, with padding)")
+        check_range(shape, len(raw), path, "bytes")
         return raw
     if kind == "timestamp":
         try:
@@ -201,21 +201,22 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
                 return parse_timestamp(value)
         except (ValueError, TypeError, OverflowError, OSError):
             pass
-        raise errors.InvalidParameterValue(f"{path}: must be epoch seconds or an ISO 8601 timestamp")
-    raise errors.InvalidParameterValue(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
+        raise errors.ValidationError(f"{path}: must be epoch seconds or an ISO 8601 timestamp")
+    raise errors.ValidationError(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
 
 
 def decode_json_input(doc: Any, operation: OperationModel, limits: InputLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Decode a parsed JSON 1.1 body into the operation's input as botocore-typed data (the same form
     :func:`~proxy.translate.decode_input` gives for awsQuery), filling a missing idempotency token with a UUID.
 
-    Raises UnknownParameter (a member the input shape lacks), MissingParameter (a required member absent),
-    InvalidParameterValue (wrong JSON type, outside the model's min/max, over a ``limits`` count).
+    Raises ValidationError for anything wrong in the body's content (an SDK caller gets the service's own
+    validation error for all of it, docs/interface.md, "SDK callers"): a member the input shape lacks, a
+    required member absent, a wrong JSON type, outside the model's min/max, over a ``limits`` count.
     """
     shape = operation.input_shape
     if shape is None:
         if doc not in ({}, None):
-            raise errors.UnknownParameter(f"{operation.name} takes no parameters")
+            raise errors.ValidationError(f"{operation.name} takes no parameters")
         return {}
     result = _Decoder(limits).structure(shape, doc, "")
     for member in operation.idempotent_members:
@@ -225,8 +226,12 @@ def decode_json_input(doc: Any, operation: OperationModel, limits: InputLimits =
 
 
 def decode_sdk_call(translator: Translator, op: OperationModel, body: bytes) -> Operation:
-    """An SDK call's body as the :class:`~proxy.models.Operation` the policy and the serializer take."""
-    return operation_of(op, decode_json_input(load_json(body), op, translator.limits))
+    """An SDK call's body as the :class:`~proxy.models.Operation` the policy and the serializer take.
+
+    Raises MalformedJSON (:func:`load_json`) and ValidationError with the service's code
+    (:attr:`~proxy.translate.Translator.validation_code`)."""
+    with translator.validating():
+        return operation_of(op, decode_json_input(load_json(body), op, translator.limits))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,8 +272,10 @@ async def filtered_answer(
     response = await send_upstream(service, ctx, operation, headers, payload)
     out_headers = answer_headers(response.headers, ctx.request_id)
     if response.status >= 300:
+        error = upstream_error(response)
         if not AWS_JSON.holds(response.body):
-            raise upstream_error(response)
+            raise error
+        ctx.error_code = error.code
         return web.Response(status=response.status, body=response.body, headers=out_headers)
     try:
         doc = json.loads(response.body) if response.body.strip() else {}

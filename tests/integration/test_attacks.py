@@ -21,8 +21,7 @@ from proxy import parse
 from proxy.credentials import REFUSED_AGAIN_SECONDS
 from tests.fakeaws import FakeAWS
 from tests.faults import JSON_TYPE, answer, raw_answer, secret_value, xml_error
-from tests.integration.test_sdk import sdk_client
-from tests.support import raw_request
+from tests.support import raw_request, sdk_client
 
 # ---------------------------------------------------------------------------------------------------------
 # policy: an SDK's JSON call must not see more than a Query request does
@@ -58,7 +57,7 @@ def test_sdk_answer_about_another_secret_is_denied(start_proxy: Any, emulator: A
     partial = arn.rsplit("-", 1)[0]  # arn:...:secret:attack/hidden-xxxxxx: reads as the full ARN of attack/hidden
     with pytest.raises(ClientError) as denied:
         sdk_client(proxy.url).get_secret_value(SecretId=partial)
-    assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
     assert "value-outside-the-policy" not in str(denied.value.response)
 
 
