@@ -5,7 +5,7 @@
 #
 # Two stages on the same pinned base: "build" makes the wheel from this repository and installs it, with its
 # runtime dependencies and the `fast` extra (uvloop: a sidecar pays its per-request CPU in every pod;
-# bench/README.md has the figures), into a virtual environment; "runtime" copies that environment and nothing
+# docs/benchmarks.md has the figures), into a virtual environment; "runtime" copies that environment and nothing
 # else (no compiler, no pip, no test tools). The image runs as a numeric non-root UID, writes nothing outside
 # /tmp (works with readOnlyRootFilesystem) and needs no shell or curl for its health check.
 # .ci/run repeats the build stage's steps in a throwaway virtual environment on every CI run.

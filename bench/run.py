@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py [--seconds 10] [--repeats 2] [--workers N] [--tool wrk|python]
                                   [--profile DIR] [--json FILE]
 
-What it does (bench/README.md has the figures and the machine they came from):
+What it does (docs/benchmarks.md has the figures and the machine they came from):
 
 1. makes a throwaway CA and a certificate for 127.0.0.1 (trustme) and starts the fake upstream
    (:mod:`bench.upstream`) in its own process, TLS on loopback;

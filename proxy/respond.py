@@ -22,7 +22,7 @@ WRITE_CHUNK_BYTES = 64 * 1024
 class CoalescingResponse(web.StreamResponse):
     """A StreamResponse whose status line and headers go out with the first piece of the body, in one write
     (as ``web.Response`` does), not in a write of their own: one system call less per answer, which on the
-    development machine is ~35 µs of CPU (bench/README.md). aiohttp's ``_send_headers_immediately`` switch."""
+    development machine is ~35 µs of CPU (docs/benchmarks.md). aiohttp's ``_send_headers_immediately`` switch."""
 
     _send_headers_immediately = False
 

@@ -33,7 +33,7 @@ from .models import SignedRequest, UpstreamResponse
 
 CHUNK_BYTES = 64 * 1024
 # aiohttp pauses reading an answer once this much x2 is buffered (its default: 64 KiB): a smaller buffer per
-# streamed answer keeps parallel pass-through answers from showing in RSS (bench/README.md).
+# streamed answer keeps parallel pass-through answers from showing in RSS (docs/benchmarks.md).
 READ_BUFFER_BYTES = 16 * 1024
 
 _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {

@@ -169,9 +169,9 @@ def test_the_readme_quick_start_sdk_command_reads_the_demo_secret() -> None:
         assert proc.wait(60) == 0
 
 
-def test_the_shipped_configs_check_with_a_region_as_the_readme_says() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "AWS_REGION=eu-west-1 query-signing-proxy check-config config/proxy.yaml" in readme
+def test_the_shipped_configs_check_with_a_region_as_the_docs_say() -> None:
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
+    assert "AWS_REGION=eu-west-1 query-signing-proxy check-config config/proxy.yaml" in configuration
     for path in ("config/proxy.yaml", "config/container.yaml", "config/local.yaml", "deploy/base/proxy.yaml"):
         out = run("check-config", path, env={**clean_aws_environ(), "AWS_REGION": "eu-west-1"})
         assert out.returncode == 0, f"{path}: {out.stderr}"

@@ -101,7 +101,7 @@ ROWS: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
         "gzip-body",
         "POST",
         "/",
-        gzip.compress(b"Action=ListSecrets"),
+        gzip.compress(b"Action=ListSecrets", mtime=0),
         {**FORM, "Content-Encoding": "gzip"},
         415,
         "UnsupportedMediaType",

@@ -89,7 +89,8 @@ def test_routes_share_the_credentials_and_the_admin_endpoints_stay_on_the_main_l
 
 
 def test_the_readme_two_service_config_checks(tmp_path: Any) -> None:
-    """The README's two-service example is a valid config (check-config builds every route's service)."""
+    """The two-service example of docs/configuration.md is a valid config (check-config builds every route's
+    service)."""
     import re
     import subprocess
     import sys
@@ -98,7 +99,7 @@ def test_the_readme_two_service_config_checks(tmp_path: Any) -> None:
     from proxy.local import clean_aws_environ
 
     root = Path(__file__).resolve().parents[2]
-    blocks = re.findall(r"```yaml\n(.*?)```", (root / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", (root / "docs" / "configuration.md").read_text(), re.S)
     example = next(b for b in blocks if "routes:" in b)
     path = tmp_path / "two-service.yaml"
     path.write_text(example)

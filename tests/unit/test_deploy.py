@@ -1,6 +1,6 @@
 """The Kubernetes manifests in deploy/: every file and every overlay as ``kubectl kustomize`` renders it is
 valid against the Kubernetes schema (kubernetes-validate, strict: unknown fields are errors), and the pod
-is what the README promises: native sidecar or plain container, probes on the admin listener, hardening,
+is what docs/kubernetes.md promises: native sidecar or plain container, probes on the admin listener, hardening,
 grace periods that cover the proxy's drain, and a ConfigMap config that ``check-config`` accepts."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The Grafana dashboard in deploy/grafana/: every PromQL expression in it parses (promql-parser) and names
-only metrics the proxy exports, and it shows what the README says it shows."""
+only metrics the proxy exports, and it shows what docs/kubernetes.md says it shows."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_every_expression_names_only_exported_metrics(path: Path) -> None:
         assert names, f"no metric in {expr}"
         assert names <= exported, f"{sorted(names - exported)} in {expr} are not exported by the proxy"
         used |= names
-    # the panels the README lists
+    # the panels docs/kubernetes.md lists
     for metric in (
         "query_signing_proxy_requests_total",
         "query_signing_proxy_request_duration_seconds_bucket",
