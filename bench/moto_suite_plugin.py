@@ -17,11 +17,33 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 MODE = os.environ.get("MOTO_SUITE_MODE", "direct")
 ENDPOINTS: dict[str, str] = json.loads(os.environ.get("MOTO_SUITE_ENDPOINTS", "{}"))
 QUERY_MODELS = os.environ.get("MOTO_SUITE_QUERY_MODELS", "")
+# A test that waits for something this machine cannot give (a rotation Lambda needs Docker) fails after this long,
+# in every mode alike, instead of polling for ever.
+TEST_TIMEOUT_SECONDS = int(os.environ.get("MOTO_SUITE_TEST_TIMEOUT", "60"))
+
+
+def _timed_out(signum: int, frame: Any) -> None:
+    raise TimeoutError(f"the test ran longer than {TEST_TIMEOUT_SECONDS} s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: Any) -> Iterator[None]:
+    previous = signal.signal(signal.SIGALRM, _timed_out)
+    signal.alarm(TEST_TIMEOUT_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _region(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from .handler import SERVICE
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
 from .policy import Policy
-from .service import Service
+from .service import Regional, Service
 from .signing import ClockSkew
 from .translate import InputLimits, Translator
 from .upstream import AiohttpUpstream, Upstream
@@ -186,8 +186,9 @@ def build_service(
         )
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
     policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy")
-    if upstream is None:
-        upstream = AiohttpUpstream(
+
+    def transport() -> Upstream:
+        return upstream or AiohttpUpstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
             connect_timeout=up.connect_timeout_seconds,
             read_timeout=up.read_timeout_seconds,
@@ -196,6 +197,17 @@ def build_service(
             resolver=resolver,
             user_agent=f"query-signing-proxy/{__version__}",
         )
+
+    # upstream.regions: each region its own endpoint resolution and its own connection pool
+    regions = {
+        region: Regional(
+            resolve_endpoint(session, replace(up, region=region), key=f"{prefix}upstream.regions[{i}]"),
+            transport(),
+            SecretCache(cfg.cache, shared.metrics, clock=clock),
+        )
+        for i, region in enumerate(up.regions)
+        if region != endpoint.region
+    }
     return Service(
         upstream_cfg=up,
         limits=cfg.limits,
@@ -203,20 +215,22 @@ def build_service(
         translator=translator,
         policy=policy,
         rules=RuleSettings.from_config(cfg),
-        upstream=upstream,
+        upstream=transport(),
         credentials=shared.credentials,
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
         cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
+        regions=regions,
     )
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     shared = app[SHARED]
     service = app[SERVICE]
-    await service.upstream.start()
+    for transport in service.transports():
+        await transport.start()
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
     await shared.credentials.start()
@@ -224,17 +238,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await shared.credentials.close()
-        await service.upstream.aclose()
+        for transport in service.transports():
+            await transport.aclose()
 
 
 async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """A route's listener opens and closes only its own transport; the main listener owns the credentials."""
     service = app[SERVICE]
-    await service.upstream.start()
+    for transport in service.transports():
+        await transport.start()
     try:
         yield
     finally:
-        await service.upstream.aclose()
+        for transport in service.transports():
+            await transport.aclose()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ async def answer_document(request: web.Request, service: Service, ctx: RequestCo
     """The answer (from the cache or the upstream) as the Query XML document; raises the upstream's error.
 
     The upstream answer is dropped on return: while a slow client reads, only the document is held."""
-    response = await service.cache.answer(  # after the policy: a denied request never reaches the cache
+    cache = service.regional(operation.region).cache  # the region is part of the cache key
+    response = await cache.answer(  # after the policy: a denied request never reaches the cache
         operation,
         request.headers.get("Cache-Control"),
         lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
@@ -65,16 +66,18 @@ async def send_upstream(
 ) -> UpstreamResponse:
     """Sign with the current credentials and send, with retries (:mod:`proxy.attempts`).
 
-    ``send`` replaces ``service.upstream.send`` (the streaming path, :mod:`proxy.relay`). Records the
+    The endpoint and transport are those of ``operation.region`` (:meth:`~proxy.service.Service.regional`).
+    ``send`` replaces the transport's ``send`` (the streaming path, :mod:`proxy.relay`). Records the
     attempts, the upstream status and the upstream's request id (when it looks like one, :data:`REQUEST_ID`)
     on ``ctx``.
     """
     record = AttemptRecord()
+    regional = service.regional(operation.region)
 
     def build(creds: Snapshot) -> SignedRequest:
         return sign(
             method="POST",
-            endpoint=service.endpoint,
+            endpoint=regional.endpoint,
             headers=headers,
             body=body,
             credentials=creds,
@@ -83,7 +86,7 @@ async def send_upstream(
 
     try:
         response = await send_with_retries(
-            send=send or service.upstream.send,
+            send=send or regional.upstream.send,
             build=build,
             credentials_get=service.credentials.get,
             credentials_refresh=service.credentials.refresh,

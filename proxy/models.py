@@ -31,13 +31,15 @@ class Operation:
     """A validated, typed operation input: the operation name and its input as botocore-shaped data.
 
     ``retryable`` is the retry rule of docs/interface.md, "The upstream request": a read, or a write that carries an
-    idempotency token."""
+    idempotency token. ``region`` is the region an SDK call was signed for when it is one of ``upstream.regions``;
+    None means ``upstream.region`` (every Query request)."""
 
     name: str
     input: dict[str, Any]
     secret_ids: tuple[str, ...]
     is_read: bool
     retryable: bool
+    region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

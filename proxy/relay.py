@@ -106,9 +106,10 @@ async def relay(
     """
     opened: list[UpstreamStream] = []
     limit = service.limits.max_response_bytes
+    transport = service.regional(operation.region).upstream
 
     async def open_stream(signed: SignedRequest) -> UpstreamResponse:
-        stream = await service.upstream.open(signed)
+        stream = await transport.open(signed)
         if stream.status < 300:
             opened.append(stream)
             return UpstreamResponse(stream.status, stream.headers, b"")

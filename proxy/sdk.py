@@ -23,8 +23,10 @@ import binascii
 import datetime
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -69,6 +71,24 @@ def sdk_operation(translator: Translator, target: str, content_type: str) -> Ope
             f"X-Amz-Target must be {model.metadata.get('targetPrefix')}.<Operation>; got {target[:80]!r}"
         )
     return translator.operation_model(name, None)
+
+
+# The region of a SigV4 Authorization header's credential scope, as every SDK writes it:
+# "AWS4-HMAC-SHA256 Credential=<key id>/<yyyymmdd>/<region>/<service>/aws4_request, SignedHeaders=..., Signature=..."
+# (AWS, "Elements of an AWS API request signature"). Anything else (unsigned, SigV4a, a scope without a region)
+# reads as no region. Bounded, anchored: linear in the header's length.
+_SCOPE_REGION = re.compile(
+    r"AWS4-HMAC-SHA256\s+Credential=[^/\s,]{1,128}/[0-9]{8}/([A-Za-z0-9-]{1,64})/[^/\s,]{1,64}/aws4_request"
+)
+
+
+def signed_region(authorization: str | None) -> str | None:
+    """The region an SDK signed its call for, from its SigV4 ``Authorization`` header; None when it names none.
+
+    The signature itself is thrown away (the proxy signs again); only the region is kept, to send the call
+    where the app meant it to go (docs/interface.md, "SDK calls")."""
+    found = _SCOPE_REGION.match((authorization or "").strip())
+    return found.group(1) if found else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -292,15 +312,17 @@ async def filtered_answer(
 
 
 async def handle_sdk(request: web.Request) -> web.StreamResponse:
-    """Answer one SDK call: rules -> target -> bounded body -> decode -> guard -> policy -> JSON 1.1 ->
-    sign -> send -> relay the JSON answer unchanged."""
+    """Answer one SDK call: rules -> target -> the signed region -> bounded body -> decode -> guard -> policy ->
+    JSON 1.1 -> sign for that region -> send to its endpoint -> relay the JSON answer unchanged."""
     service: Service = request.app[SERVICE]
     ctx = context(request)
     check_head(request_head(request), service.rules)
     op = sdk_operation(service.translator, request.headers.get("X-Amz-Target", ""), request.content_type)
     ctx.action = op.name
+    region = signed_region(request.headers.get("Authorization"))
+    service.regional(region)  # a region the listener does not serve is refused before the body is read
     body = await read_body(request, service.limits.max_body_bytes)
-    operation = decode_sdk_call(service.translator, op, body)
+    operation = replace(decode_sdk_call(service.translator, op, body), region=region)
     ctx.secret_ids = operation.secret_ids
     service.guard.check(operation)
     service.policy.check(operation)
@@ -312,5 +334,7 @@ async def handle_sdk(request: web.Request) -> web.StreamResponse:
         return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
     finally:
         if not operation.is_read and service.cache.enabled:
-            # a write through the SDK path leaves no cached answer of the secrets it names (issue 8)
-            service.cache.invalidate(operation.secret_ids)
+            # a write through the SDK path leaves no cached answer of the secrets it names (issue 8), in any
+            # region: a replica carries its primary's name
+            for cache in service.caches():
+                cache.invalidate(operation.secret_ids)
