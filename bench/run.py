@@ -139,7 +139,13 @@ class Proxy:
         config = {
             "listen": {"host": "127.0.0.1", "port": 0},
             "upstream": {"service": "secretsmanager", **upstream},
-            "routes": [{"port": 0, "upstream": {"service": "sts", **upstream}}],
+            "routes": [
+                {
+                    "port": 0,
+                    "upstream": {"service": "sts", **upstream},
+                    "policy": {"allow_actions": ["GetCallerIdentity", "GetAccessKeyInfo"]},  # any other service: named
+                }
+            ],
         }
         if workers > 1:
             config["admin"] = {"host": "127.0.0.1", "port": 0}  # --workers: each worker's own admin port

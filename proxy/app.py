@@ -22,11 +22,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
+import botocore.exceptions
 import botocore.session
 from aiohttp import web
 
 from . import __version__
-from .attempts import AttemptPolicy
+from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
 from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
 from .credentials import CredentialManager, Fetch, build_fetch
@@ -68,6 +69,7 @@ class Shared:
     metrics: Metrics
     lifecycle: Lifecycle
     clock_skew: ClockSkew = field(default_factory=ClockSkew)  # the local clock is one per process
+    retry_quota: RetryQuota = field(default_factory=RetryQuota)  # the retry budget, one per process
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -87,8 +89,29 @@ ROUTES = web.AppKey("routes", tuple[RouteApp, ...])
 
 
 def botocore_session() -> botocore.session.Session:
-    """A fresh botocore session reading the standard AWS environment and shared config."""
-    return botocore.session.get_session()
+    """A fresh botocore session reading the standard AWS environment and shared config.
+
+    The profile is checked here, once, so that a bad one is a config error naming its variable (exit 2)
+    rather than botocore's traceback from wherever the session is first read. Raises ConfigError naming
+    ``AWS_PROFILE`` (or ``AWS_DEFAULT_PROFILE``, which botocore reads first) for a profile that neither the
+    shared config file nor the credentials file has, and ``AWS_CONFIG_FILE`` / ``AWS_SHARED_CREDENTIALS_FILE``
+    for a file botocore cannot parse."""
+    session = botocore.session.get_session()
+    try:
+        session.get_scoped_config()
+    except botocore.exceptions.ProfileNotFound as exc:
+        variable = "AWS_DEFAULT_PROFILE" if os.environ.get("AWS_DEFAULT_PROFILE") else "AWS_PROFILE"
+        files = f"{session.get_config_variable('config_file')} or {session.get_config_variable('credentials_file')}"
+        raise ConfigError(
+            f"{variable}: no profile named {exc.kwargs.get('profile')!r} in {files} "
+            f"(unset {variable}, or create the profile)"
+        ) from None
+    except botocore.exceptions.ConfigParseError as exc:
+        path = str(exc.kwargs.get("path"))
+        credentials_file = os.path.expanduser(str(session.get_config_variable("credentials_file")))
+        variable = "AWS_SHARED_CREDENTIALS_FILE" if path == credentials_file else "AWS_CONFIG_FILE"
+        raise ConfigError(f"{variable}: {path} is not a valid AWS config file (INI sections and key = value)") from None
+    return session
 
 
 def region_from_env(session: botocore.session.Session) -> str | None:
@@ -144,7 +167,7 @@ def route_config(cfg: Config, route: RouteConfig) -> Config:
 
 def _listener_app(cfg: Config, shared: Shared, service: Service) -> web.Application:
     app = web.Application(
-        middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests)],
+        middlewares=[query_middleware(shared.metrics, cfg.limits.max_concurrent_requests, service.rules)],
         client_max_size=cfg.limits.max_body_bytes,
         handler_args={
             "max_field_size": 16384,
@@ -185,7 +208,7 @@ def build_service(
             f"botocore model protocol is {' or '.join(sorted(PROTOCOLS))}"
         )
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
-    policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy")
+    policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy", service=up.service)
 
     def transport() -> Upstream:
         return upstream or AiohttpUpstream(
@@ -220,6 +243,7 @@ def build_service(
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
+        retry_quota=shared.retry_quota,
         cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
         regions=regions,
@@ -233,6 +257,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await transport.start()
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
+    shared.metrics.retry_quota_tokens.set_function(lambda: shared.retry_quota.available)
     await shared.credentials.start()
     try:
         yield

@@ -12,6 +12,17 @@ ran, so it is retried once for any operation after one forced credential refresh
 (clock skew) once :class:`~proxy.signing.ClockSkew` has learnt the offset from the answer's ``Date``. A
 transport failure that another attempt would meet again (a host name that does not resolve, a certificate
 that does not verify: the error's ``transient`` is False) is answered at once.
+
+Retries draw on a retry budget, :class:`RetryQuota`, one per process, with the quota semantics of botocore's
+standard mode (``retries/quota.py`` ``RetryQuota``, ``retries/standard.py`` ``RetryQuotaChecker``) and the
+costs of the AWS SDKs' standard retry strategy: a bucket of 500 tokens; a retry costs 5 tokens, or 10 after a
+timeout or a connection failure; a request that succeeds without a retry returns 1 token, one that succeeds
+after retries returns what its last retry cost, never above the full bucket. A retry the bucket cannot pay is
+not made: the client gets the upstream's answer (or the transport error) of the attempt that failed, and the
+refusal is counted (``query_signing_proxy_retries_refused_total``). So an upstream that throttles every call
+costs it about one call per client request once the bucket is empty, however many ``max_attempts`` allows.
+The one-off retries after a credential refresh or a clock-skew correction are not retries of a failure the
+upstream may be overloaded by, and draw nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +71,34 @@ CLOCK_SKEW_CODES = frozenset({"RequestTimeTooSkewed", "RequestExpired", "Request
 CLOCK_SKEW_MESSAGES = ("signature expired", "signature not yet current")
 MAX_BACKOFF_SECONDS = 20.0
 
+# The retry budget (AWS SDKs' standard retry strategy; botocore's RetryQuota.INITIAL_CAPACITY).
+INITIAL_RETRY_TOKENS = 500
+RETRY_COST = 5
+TIMEOUT_RETRY_COST = 10
+NO_RETRY_INCREMENT = 1
+
+
+class RetryQuota:
+    """The retry budget of one process: ``available`` tokens of ``capacity`` (botocore ``RetryQuota``).
+
+    Not locked: the process's requests share one event loop, and each acquire or release completes between
+    two awaits."""
+
+    def __init__(self, capacity: int = INITIAL_RETRY_TOKENS) -> None:
+        self.capacity = capacity
+        self.available = capacity
+
+    def acquire(self, cost: int) -> bool:
+        """Take ``cost`` tokens for a retry; False (and nothing taken) when fewer are left."""
+        if cost > self.available:
+            return False
+        self.available -= cost
+        return True
+
+    def release(self, amount: int) -> None:
+        """Give back ``amount`` tokens after a success, never above ``capacity``."""
+        self.available = min(self.capacity, self.available + amount)
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptPolicy:
@@ -99,6 +138,7 @@ class AttemptRecord:
 
     attempts: int = 0
     upstream_seconds: float = 0.0
+    retry_refused: bool = False  # a retry was due and the retry budget could not pay for it
 
 
 async def send_with_retries(
@@ -112,19 +152,38 @@ async def send_with_retries(
     retryable: bool,
     record: AttemptRecord,
     clock_skew: ClockSkew | None = None,
+    quota: RetryQuota | None = None,
 ) -> UpstreamResponse:
     """Run attempts until an answer that is final, the attempts are spent or the deadline passes.
 
     ``send`` is the transport's coroutine function, ``build`` signs a fresh request from a credential snapshot;
     ``credentials_refresh(rejected)`` replaces the snapshot the upstream refused unless ``may_refresh(rejected)``
     says the refusal is not worth another fetch (the refusal is then the answer); ``clock_skew`` learns the
-    signing-time offset from a skew error (one retry).
+    signing-time offset from a skew error (one retry); ``quota`` is the process's retry budget (None: unbounded,
+    for unit tests of other rules), whose refusal ends the attempts (``record.retry_refused``).
     Returns the last upstream answer (success or error). Raises GatewayTimeout when the total deadline
     passes, BadGateway for a connection failure on the last attempt, CredentialsUnavailable.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.total_timeout
     refreshed = skew_corrected = False
+    last_cost: int | None = None  # what the last retry took from the quota; given back on success
+
+    async def retry(cost: int) -> bool:
+        """Back off and pay for one more attempt; False when the deadline or the budget forbids it."""
+        nonlocal last_cost
+        delay = backoff_seconds(attempt)
+        if loop.time() + delay >= deadline:
+            return False
+        if quota is not None:
+            if not quota.acquire(cost):
+                record.retry_refused = True
+                log.info("retry refused: the retry budget is spent", extra={"attempt": attempt, "cost": cost})
+                return False
+            last_cost = cost
+        await asyncio.sleep(delay)
+        return True
+
     rejected: Snapshot | None = None  # the snapshot the upstream refused, replaced before the next attempt
     while True:
         record.attempts += 1
@@ -146,11 +205,13 @@ async def send_with_retries(
         except (errors.BadGateway, errors.GatewayTimeout) as exc:
             if not retryable or not exc.transient or attempt >= policy.max_attempts:
                 raise
-            if not await _pause(backoff_seconds(attempt), deadline, loop):
+            if not await retry(TIMEOUT_RETRY_COST):
                 raise
             log.info("retrying after a transport failure", extra={"attempt": attempt, "error": exc.code})
             continue
         kind = classify(response)
+        if kind is None and response.status < 300 and quota is not None:
+            quota.release(NO_RETRY_INCREMENT if last_cost is None else last_cost)
         if kind is None or attempt >= policy.max_attempts:
             return response
         if kind == "expired":
@@ -170,14 +231,6 @@ async def send_with_retries(
             continue
         if not retryable:
             return response
-        if not await _pause(backoff_seconds(attempt), deadline, loop):
+        if not await retry(RETRY_COST):
             return response
         log.info("retrying", extra={"attempt": attempt, "reason": kind, "upstream_status": response.status})
-
-
-async def _pause(delay: float, deadline: float, loop: asyncio.AbstractEventLoop) -> bool:
-    """Sleep ``delay`` seconds unless that would pass the deadline; False when there is no time left."""
-    if loop.time() + delay >= deadline:
-        return False
-    await asyncio.sleep(delay)
-    return True

@@ -95,10 +95,13 @@ async def send_upstream(
             retryable=operation.retryable,
             record=record,
             clock_skew=service.clock_skew,
+            quota=service.retry_quota,
         )
     finally:
         ctx.attempts = record.attempts
         metrics = service.metrics
+        if record.retry_refused:
+            metrics.retries_refused.inc()
         metrics.child(metrics.upstream_attempts, operation.name).observe(record.attempts)
         metrics.child(metrics.upstream_duration, operation.name).observe(record.upstream_seconds)
     ctx.upstream_status = response.status

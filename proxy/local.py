@@ -67,6 +67,14 @@ def clean_aws_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def local_environ() -> dict[str, str]:
+    """The environment ``local`` runs in: :func:`clean_aws_environ`, and no shared config or credentials files
+    (``~/.aws``: a profile's region, CA bundle or endpoint would point the emulator's clients elsewhere)."""
+    env = clean_aws_environ()
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    return env
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -251,10 +259,13 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def run_local(config_path: str | None, listen: str | None) -> int:
-    """Start the emulator, seed it, and serve the proxy until SIGINT/SIGTERM. Returns the exit code."""
+    """Start the emulator, seed it, and serve the proxy until SIGINT/SIGTERM. Returns the exit code.
+
+    The whole run sees :func:`local_environ`, not the shell's ``AWS_*`` (docs/interface.md, "The embedded local
+    upstream"): a stale ``AWS_PROFILE`` or ``AWS_CA_BUNDLE`` would break the emulator's own clients."""
     from .app import create_app, serve
 
-    with tempfile.TemporaryDirectory(prefix="qsp-local-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="qsp-local-") as workdir, environment(local_environ()):
         moto = MotoServer(workdir)
         try:
             print("starting the embedded AWS emulator (moto) on loopback ...", file=sys.stderr, flush=True)
@@ -262,7 +273,7 @@ def run_local(config_path: str | None, listen: str | None) -> int:
             account = seed_demo(moto)
             moto.set_auth(True)
             cfg = local_config(config_path, listen, moto)
-            env = clean_aws_environ()
+            env = local_environ()
             env.update(
                 AWS_ACCESS_KEY_ID=account.access_key,
                 AWS_SECRET_ACCESS_KEY=account.secret_key,

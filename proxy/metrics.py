@@ -29,6 +29,8 @@ class Metrics:
     cache_misses: Counter
     cache_evictions: Counter
     cache_entries: Gauge
+    retries_refused: Counter
+    retry_quota_tokens: Gauge
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def child(self, metric: M, *values: str) -> M:
@@ -97,6 +99,16 @@ class Metrics:
                 registry=r,
             ),
             cache_entries=Gauge(f"{PREFIX}_cache_entries", "Secret values held in the cache", registry=r),
+            retries_refused=Counter(
+                f"{PREFIX}_retries_refused",
+                "Upstream retries not made because the process's retry budget was spent",
+                registry=r,
+            ),
+            retry_quota_tokens=Gauge(
+                f"{PREFIX}_retry_quota_tokens",
+                "Tokens left in the process's retry budget (500 at most; a retry costs 5, 10 after a timeout)",
+                registry=r,
+            ),
         )
 
     def render(self) -> bytes:

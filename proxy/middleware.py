@@ -26,8 +26,9 @@ from aiohttp.typedefs import Middleware
 
 from . import errors, logs
 from .metrics import Metrics
-from .parse import is_sdk_request
+from .parse import is_sdk_request, request_head
 from .shapes import UNREPRESENTABLE
+from .validate import RuleSettings, check_host
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy")
@@ -122,15 +123,32 @@ _HTTP_ERRORS: dict[int, type[errors.ProxyError]] = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
-    """The middleware for a Query listener; ``max_concurrent`` is ``limits.max_concurrent_requests``."""
+def host_passes(request: web.Request, rules: RuleSettings) -> bool:
+    """Whether the request passes the Host rule (:func:`proxy.validate.check_host`)."""
+    try:
+        check_host(request_head(request), rules)
+    except errors.AccessDenied:
+        return False
+    return True
+
+
+def query_middleware(metrics: Metrics, max_concurrent: int, rules: RuleSettings) -> Middleware:
+    """The middleware for a Query listener; ``max_concurrent`` is ``limits.max_concurrent_requests``, ``rules``
+    the listener's request rules.
+
+    The Host rule holds for every path of the listener (docs/interface.md, "HTTP endpoints"): also for
+    ``/healthz``, ``/readyz`` and ``/metrics`` when ``admin.host`` is null (a page that rebinds a DNS name to
+    127.0.0.1 would otherwise read the metrics and the reason ``/readyz`` fails), and for the answers aiohttp's
+    router makes itself (405 for ``POST /metrics``). Admin requests that pass it are answered without an
+    access line or metrics, as on the admin listener; one that fails it is refused like any request (403
+    ``AccessDenied``, counted and logged)."""
     in_flight = 0
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
         route_name = request.match_info.route.name
-        if route_name is not None and route_name.startswith(ADMIN_ROUTE):
+        if route_name is not None and route_name.startswith(ADMIN_ROUTE) and host_passes(request, rules):
             return await handler(request)
         ctx = RequestContext(sdk=is_sdk_request(request))
         request[CONTEXT] = ctx
@@ -139,6 +157,7 @@ def query_middleware(metrics: Metrics, max_concurrent: int) -> Middleware:
         code = "InternalFailure"
         response: web.StreamResponse
         try:
+            check_host(request_head(request), rules)  # first, on every path (the handlers' rules repeat it)
             if in_flight >= max_concurrent:
                 raise errors.ServiceUnavailable(
                     f"more than limits.max_concurrent_requests ({max_concurrent}) requests in flight; retry"

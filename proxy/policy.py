@@ -31,6 +31,8 @@ from .config import ConfigError, PolicyConfig
 from .models import Operation
 from .shapes import is_read_operation
 
+# The service whose read-only operations are the default of ``allow_actions``.
+DEFAULT_POLICY_SERVICE = "secretsmanager"
 # arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbCdEf  (any partition)
 _SECRET_ARN = re.compile(r"^arn:[\w-]+:secretsmanager:[\w-]*:\d*:secret:(?P<name>.+?)(?:-[A-Za-z0-9]{6})?$")
 
@@ -57,12 +59,25 @@ class Policy:
     secrets: re.Pattern[str] | None
 
     @classmethod
-    def compile(cls, cfg: PolicyConfig, operation_names: Iterable[str], key: str = "policy") -> Policy:
-        """Compile ``cfg`` against the service's operations. Raises ConfigError for a name that matches no
-        operation (a typo would silently deny)."""
+    def compile(
+        cls,
+        cfg: PolicyConfig,
+        operation_names: Iterable[str],
+        key: str = "policy",
+        service: str = DEFAULT_POLICY_SERVICE,
+    ) -> Policy:
+        """Compile ``cfg`` against the operations of ``service`` (a botocore service name). Raises ConfigError
+        for a name that matches no operation (a typo would silently deny), and for a null ``allow_actions``
+        with any service but Secrets Manager: the read-only default is a Secrets Manager rule (elsewhere a
+        ``Get*`` can hand out a registry password or a database token; issue 13)."""
         names = list(operation_names)
         actions: re.Pattern[str] | None = None
         all_actions = False
+        if cfg.allow_actions is None and service != DEFAULT_POLICY_SERVICE:
+            raise ConfigError(
+                f"{key}.allow_actions: required for {service} (the read-only default, Get*, Describe*, List*, "
+                f"BatchGet*, applies to {DEFAULT_POLICY_SERVICE} only); list the operations the app may call"
+            )
         if cfg.allow_actions is not None:
             if "*" in cfg.allow_actions:
                 all_actions = True

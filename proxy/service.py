@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import errors
-from .attempts import AttemptPolicy
+from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
@@ -47,6 +47,7 @@ class Service:
     attempts: AttemptPolicy
     metrics: Metrics
     clock_skew: ClockSkew
+    retry_quota: RetryQuota  # shared by every listener of the process
     cache: SecretCache
     # operations that hand out credentials (docs/interface.md, "Policy")
     guard: CredentialGuard = CredentialGuard(frozenset())

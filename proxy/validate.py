@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -51,12 +52,20 @@ class RuleSettings:
 Rule = Callable[[RequestHead, RuleSettings], None]
 
 
+_PORT = re.compile(r"[0-9]{0,5}")
+
+
 def host_name(host: str) -> str:
-    """The Host header without its port: ``127.0.0.1:8977`` -> ``127.0.0.1``, ``[::1]:8977`` -> ``::1``."""
+    """The Host header without its port: ``127.0.0.1:8977`` -> ``127.0.0.1``, ``[::1]:8977`` -> ``::1``.
+
+    Only a port of digits is stripped (RFC 9110 section 7.2: ``uri-host [ ":" port ]``); anything else is
+    returned whole, so ``localhost:8977@rebind.example`` or ``[::1]x`` match no allowed name."""
     if host.startswith("["):
-        return host[1:].partition("]")[0]
+        name, _, rest = host[1:].partition("]")
+        return name if rest == "" or (rest[:1] == ":" and _PORT.fullmatch(rest[1:])) else host
     if host.count(":") == 1:
-        return host.partition(":")[0]
+        name, _, port = host.partition(":")
+        return name if _PORT.fullmatch(port) else host
     return host
 
 

@@ -15,17 +15,35 @@ from tests.support import ServerThread, legacy_client, proxy_config
 
 pytest_plugins = ("tests.faults",)  # fault servers and their fixtures
 
+_SESSION_ENV = pytest.MonkeyPatch()
 
-@pytest.fixture(autouse=True)
-def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No ``AWS_*`` from the developer's shell, no ~/.aws files, never instance metadata."""
+
+def clear_aws(monkeypatch: pytest.MonkeyPatch, empty: str) -> None:
+    """No ``AWS_*`` from the developer's shell, no ~/.aws files (``empty`` instead), never instance metadata."""
     for key in list(os.environ):
         if key.startswith("AWS_"):
             monkeypatch.delenv(key)
-    empty = tmp_path_factory.getbasetemp() / "no-aws-config"
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_CONFIG_FILE", empty)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", empty)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Clear ``AWS_*`` for the whole run, before collection (modules that read botocore's models at import)
+    and before any fixture, session-scoped ones included (the emulator): a stale ``AWS_PROFILE`` exported in
+    the shell would otherwise fail them with ProfileNotFound. Restored when the run ends."""
+    clear_aws(_SESSION_ENV, os.devnull)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _SESSION_ENV.undo()
+
+
+@pytest.fixture(autouse=True)
+def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same for each test, so that what one test sets (``demo_env``, ``static_keys``) is gone for the
+    next."""
+    clear_aws(monkeypatch, str(tmp_path_factory.getbasetemp() / "no-aws-config"))
 
 
 class Emulator:

@@ -229,5 +229,6 @@ def proxy_sections(upstream: BigUpstream, **extra: Any) -> dict[str, Any]:
             "endpoint_url": upstream.server.url,
             "ca_bundle": upstream.ca_file,
         },
+        "policy": {"allow_actions": ["ListTopics"]},  # any service but Secrets Manager names its operations
         **extra,
     }

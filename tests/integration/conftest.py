@@ -1,5 +1,6 @@
-"""Fixtures for tests through the real listener: against a recording upstream (tests/recorder.py), and against
-a test STS and signature-verifying upstream on a fake clock (tests/fakeaws.py)."""
+"""Fixtures for tests through the real listener: against a recording upstream (tests/recorder.py), against
+a test STS and signature-verifying upstream on a fake clock (tests/fakeaws.py), and the role the tests of
+fronted services (sts, sns, iam, ecr, redshift) assume in the emulator."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ import trustme
 
 from proxy.app import create_app
 from proxy.credentials import static_fetch
+from proxy.local import ACCOUNT_ID, DEMO_USER, policy_document
 from tests.fakeaws import FakeAWS
 from tests.recorder import RecordingUpstream, recorder_config
 from tests.support import ServerThread
+
+# The role of the tests that front services other than Secrets Manager (:func:`passthrough_role`).
+PASS_ROLE = "query-passthrough"
+PASS_ROLE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/{PASS_ROLE}"
 
 # The credentials the proxy signs with against the recording upstream; tests look for them in logs.
 ACCESS_KEY = "ASIARECORDERKEY12345"
@@ -86,3 +92,36 @@ def aws(tmp_path: Any, fake_aws_ca: trustme.CA, monkeypatch: pytest.MonkeyPatch)
         yield world
     finally:
         world.close()
+
+
+@pytest.fixture(scope="session")
+def passthrough_role(emulator: Any) -> str:
+    """A role the demo user may assume, allowed SNS, STS, IAM, ECR, Redshift and Secrets Manager."""
+    iam = emulator.direct("iam")
+    try:
+        iam.get_role(RoleName=PASS_ROLE)
+        return PASS_ROLE_ARN
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    iam.create_role(
+        RoleName=PASS_ROLE,
+        AssumeRolePolicyDocument=policy_document(
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER}"},
+                "Action": ["sts:AssumeRole", "sts:TagSession"],
+            }
+        ),
+    )
+    iam.put_role_policy(
+        RoleName=PASS_ROLE,
+        PolicyName="passthrough",
+        PolicyDocument=policy_document(
+            {
+                "Effect": "Allow",
+                "Action": ["sns:*", "sts:*", "iam:*", "ecr:*", "redshift:*", "secretsmanager:*"],
+                "Resource": "*",
+            }
+        ),
+    )
+    return PASS_ROLE_ARN

@@ -175,10 +175,14 @@ def test_every_series_moves_with_traffic(served: Callable[..., Served], tmp_path
     assert value(again, p + "upstream_attempts_count", action="GetSecretValue") == value(
         after, p + "upstream_attempts_count", action="GetSecretValue"
     )
+    # the retry budget: no retry was due, the bucket stays full (its movements: tests/integration/test_retries.py)
+    assert value(again, p + "retry_quota_tokens") == 500
+    assert value(again, p + "retries_refused_total") == 0
     # and nothing the proxy exports was left out above
     checked = {"requests", "request_duration_seconds", "upstream_duration_seconds", "upstream_attempts"}
     checked |= {"requests_in_flight", "credential_refreshes", "credential_expiry_seconds"}
     checked |= {"cache_hits", "cache_misses", "cache_evictions", "cache_entries"}
+    checked |= {"retries_refused", "retry_quota_tokens"}
     assert {family.name.removeprefix(p) for family in Metrics.create().registry.collect()} == checked
 
 

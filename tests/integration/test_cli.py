@@ -92,13 +92,14 @@ def read_until(proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeou
     raise AssertionError(f"pattern not seen; stdout so far: {seen!r}")
 
 
-def start_local() -> subprocess.Popen[bytes]:
-    """``query-signing-proxy local`` on a free loopback port, its stdout (with the curl line) piped."""
+def start_local(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``query-signing-proxy local`` on a free loopback port, its stdout (with the curl line) piped; ``env``
+    replaces the clean environment."""
     return subprocess.Popen(
         [*CLI, "local", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env=clean_aws_environ(),
+        env=env or clean_aws_environ(),
         cwd=ROOT,
     )
 

@@ -4,6 +4,7 @@ unchanged; operations that hand out credentials are refused unless named in ``al
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import uuid
 from typing import Any
@@ -15,44 +16,23 @@ from botocore import UNSIGNED
 from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
 
-from proxy.local import ACCOUNT_ID, DEMO_USER, REGION, policy_document
+from proxy.local import ACCOUNT_ID, DEMO_USER, REGION
+from tests.integration.conftest import PASS_ROLE, PASS_ROLE_ARN
 from tests.support import ServerThread, raw_request
 
-PASS_ROLE = "query-passthrough"
-PASS_ROLE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:role/{PASS_ROLE}"
 STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
 
 
-@pytest.fixture(scope="session")
-def passthrough_role(emulator: Any) -> str:
-    """A role the demo user may assume, allowed SNS, STS identity calls and Secrets Manager reads."""
-    iam = emulator.direct("iam")
-    try:
-        iam.get_role(RoleName=PASS_ROLE)
-        return PASS_ROLE_ARN
-    except iam.exceptions.NoSuchEntityException:
-        pass
-    iam.create_role(
-        RoleName=PASS_ROLE,
-        AssumeRolePolicyDocument=policy_document(
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:user/{DEMO_USER}"},
-                "Action": ["sts:AssumeRole", "sts:TagSession"],
-            }
-        ),
-    )
-    iam.put_role_policy(
-        RoleName=PASS_ROLE,
-        PolicyName="passthrough",
-        PolicyDocument=policy_document(
-            {"Effect": "Allow", "Action": ["sns:*", "sts:*", "iam:*", "secretsmanager:*"], "Resource": "*"}
-        ),
-    )
-    return PASS_ROLE_ARN
+def reads(service: str) -> list[str]:
+    """The read-only patterns Secrets Manager allows by default (``Get*``, ``Describe*``, ``List*``,
+    ``BatchGet*``) that match an operation of ``service``: any other service must list its operations."""
+    names = botocore.session.get_session().get_service_model(service).operation_names
+    return [p for p in ("Get*", "Describe*", "List*", "BatchGet*") if any(fnmatch.fnmatchcase(n, p) for n in names)]
 
 
 def service_proxy(start_proxy: Any, role: str, service: str, **policy: Any) -> ServerThread:
+    """The proxy fronting ``service`` as ``role``; ``allow_actions`` defaults to :func:`reads`."""
+    policy.setdefault("allow_actions", reads(service))
     proxy: ServerThread = start_proxy(
         upstream={"service": service}, credentials={"role_arn": role, "role_session_name": "tests"}, policy=policy
     )
@@ -146,11 +126,11 @@ def test_sdk_json_calls_to_an_awsquery_service_are_415(start_proxy: Any, passthr
     [
         ("sts", {"allow_actions": ["*"]}, lambda c: c.assume_role(RoleArn=PASS_ROLE_ARN, RoleSessionName="app")),
         ("sts", {"allow_actions": ["Get*"]}, lambda c: c.get_session_token()),
-        ("sts", {}, lambda c: c.get_session_token()),  # the default read-only set includes Get*
+        ("sts", {"allow_actions": reads("sts")}, lambda c: c.get_session_token()),  # the reads include Get*
         ("sts", {"allow_actions": ["*"]}, lambda c: c.get_federation_token(Name="app")),
         ("iam", {"allow_actions": ["*"]}, lambda c: c.create_access_key(UserName=DEMO_USER)),
     ],
-    ids=["AssumeRole-star", "GetSessionToken-glob", "GetSessionToken-default", "GetFederationToken", "CreateAccessKey"],
+    ids=["AssumeRole-star", "GetSessionToken-glob", "GetSessionToken-reads", "GetFederationToken", "CreateAccessKey"],
 )
 def test_operations_that_hand_out_credentials_are_denied(
     start_proxy: Any, passthrough_role: str, emulator: Any, service: str, policy: dict[str, Any], call: Any

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from proxy.app import ROUTES, SHARED
 from proxy.local import ACCOUNT_ID, DEMO_SECRET, DEMO_SECRET_VALUE, REGION
-from tests.integration.test_query_services import PASS_ROLE, passthrough_role  # noqa: F401 (fixture)
+from tests.integration.conftest import PASS_ROLE
 from tests.serving import Served
 from tests.support import legacy_client, poll, proxy_config, sdk_client
 
@@ -23,14 +23,14 @@ def route_client(service: str, port: int) -> Any:
 
 
 @pytest.fixture
-def serving(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Served]:  # noqa: F811
+def serving(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Served]:
     upstream = {"region": REGION, "endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
     cfg = proxy_config(
         emulator.server,
         credentials={"role_arn": passthrough_role, "role_session_name": "routes"},
         policy={"allow_actions": ["GetSecretValue"]},
         routes=[
-            {"port": 0, "upstream": {**upstream, "service": "sts"}},
+            {"port": 0, "upstream": {**upstream, "service": "sts"}, "policy": {"allow_actions": ["GetCallerIdentity"]}},
             {"port": 0, "upstream": {**upstream, "service": "sns"}, "policy": {"allow_actions": ["ListTopics"]}},
         ],
     )
@@ -52,7 +52,7 @@ def test_each_route_serves_its_own_service_with_its_own_policy(
     with pytest.raises(ClientError) as denied:
         legacy.describe_secret(SecretId=DEMO_SECRET)  # the main policy allows GetSecretValue only
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
-    # route 0: STS, default policy (reads)
+    # route 0: STS, its own policy
     identity = route_client("sts", sts_port).get_caller_identity()
     assert identity["Arn"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{PASS_ROLE}/routes"
     # route 1: SNS with its own policy

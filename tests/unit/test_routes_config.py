@@ -72,6 +72,15 @@ def test_route_config_errors_name_the_route(data: dict[str, Any], key: str) -> N
             },
             r"routes\[0\]\.policy\.allow_actions\[0\]",
         ),
+        # issue 13: the read-only default is Secrets Manager's; any other service must list its operations
+        (
+            {"port": 9000, "upstream": {"service": "ecr", "region": "us-east-1"}},
+            r"^routes\[0\]\.policy\.allow_actions: ",
+        ),
+        (
+            {"port": 9000, "upstream": {"service": "sns", "region": "us-east-1"}, "policy": {"allow_secrets": ["a"]}},
+            r"^routes\[0\]\.policy\.allow_actions: required for sns",
+        ),
     ],
 )
 def test_route_services_are_checked_against_botocore(route: dict[str, Any], key: str) -> None:
@@ -80,13 +89,24 @@ def test_route_services_are_checked_against_botocore(route: dict[str, Any], key:
 
 
 def test_the_main_service_may_be_an_awsquery_one_and_others_are_refused() -> None:
-    services(config(upstream={"service": "sts", "region": "us-east-1"}))
+    services(config(upstream={"service": "sts", "region": "us-east-1"}, policy={"allow_actions": ["Get*"]}))
     with pytest.raises(ConfigError, match=r"^upstream\.service: lambda speaks rest-json"):
         services(config(upstream={"service": "lambda", "region": "us-east-1"}))
 
 
+@pytest.mark.parametrize("service", ["sts", "ecr", "lightsail", "kms"])
+def test_a_main_service_other_than_secrets_manager_needs_allow_actions(service: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^policy\.allow_actions: required for {service} "):
+        services(config(upstream={"service": service, "region": "us-east-1"}))
+    services(config(upstream={"service": service, "region": "us-east-1"}, policy={"allow_actions": ["*"]}))
+    services(config(upstream={"service": "secretsmanager", "region": "us-east-1"}))  # the default stays
+
+
 def test_a_route_inherits_everything_but_its_upstream_and_policy() -> None:
-    cfg = config(limits={"max_body_bytes": 4096}, routes=[{"port": 9000, "upstream": {"service": "sns"}}])
+    cfg = config(
+        limits={"max_body_bytes": 4096},
+        routes=[{"port": 9000, "upstream": {"service": "sns"}, "policy": {"allow_actions": ["ListTopics"]}}],
+    )
     route = route_config(cfg, cfg.routes[0])
     assert route.limits.max_body_bytes == 4096 and route.credentials == cfg.credentials
     assert route.upstream.service == "sns" and route.policy == cfg.routes[0].policy

@@ -51,7 +51,21 @@ def head(
 
 @pytest.mark.parametrize(
     ("host", "name"),
-    [("127.0.0.1:8977", "127.0.0.1"), ("[::1]:8977", "::1"), ("localhost", "localhost"), ("::1", "::1"), ("a:1", "a")],
+    [
+        ("127.0.0.1:8977", "127.0.0.1"),
+        ("[::1]:8977", "::1"),
+        ("[::1]", "::1"),
+        ("localhost", "localhost"),
+        ("::1", "::1"),
+        ("a:1", "a"),
+        ("a:", "a"),
+        # a port that is not digits is no port: the whole value is the name, and matches nothing allowed
+        ("localhost:8977@rebind.example", "localhost:8977@rebind.example"),
+        ("localhost:evil", "localhost:evil"),
+        ("localhost:\u0661", "localhost:\u0661"),
+        ("[::1]x", "[::1]x"),
+        ("[::1]:80@evil", "[::1]:80@evil"),
+    ],
 )
 def test_host_name_strips_the_port(host: str, name: str) -> None:
     assert host_name(host) == name
@@ -91,6 +105,9 @@ def test_loopback_localhost_and_allowed_hosts_pass(host: str) -> None:
         "127.0.0.1.nip.io",
         "proxy.internal.evil",
         "[::ffff:10.0.0.1]",
+        "localhost:8977@rebind.example",
+        "127.0.0.1:80:80",
+        "[::1]:8977@rebind.example",
     ],
 )
 def test_other_hosts_are_access_denied(host: str | None) -> None:
