@@ -22,7 +22,6 @@ from xml.etree import ElementTree
 import pytest
 
 from proxy.local import DEMO_SECRET, DEMO_SECRET_VALUE, REGION
-from tests.integration.test_query_services import passthrough_role  # noqa: F401 (fixture)
 from tests.serving import Served
 from tests.support import proxy_config
 
@@ -53,7 +52,7 @@ def test_the_page_has_the_promised_examples() -> None:
 
 
 @pytest.fixture
-def served(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Served]:  # noqa: F811
+def served(emulator: Any, demo_env: None, passthrough_role: str) -> Iterator[Served]:
     upstream = {"region": REGION, "endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
     cfg = proxy_config(
         emulator.server,
