@@ -137,6 +137,8 @@ def run_suite(tree: Path, moto: MotoServer, mode: str, work: Path, select: str |
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": MAIN_REGION,
             "PYTHONPATH": str(ROOT / "bench"),
+            # only moto_suite_plugin: the plugins other packages install (cloudcoil's) are not moto's tests' business
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
             "MOTO_SUITE_MODE": mode.split("-")[0],
         }
     )
@@ -167,6 +169,7 @@ def run_suite(tree: Path, moto: MotoServer, mode: str, work: Path, select: str |
             (target / "service-2.json").write_text(json.dumps(query_model("secretsmanager")))
             env["MOTO_SUITE_QUERY_MODELS"] = str(models)
     junit = work / f"junit-{mode}.xml"
+    junit.unlink(missing_ok=True)  # a run that fails to start leaves no old results to be read as its own
     command = [sys.executable, "-m", "pytest", "-p", "moto_suite_plugin", "-p", "no:cacheprovider", "-q"]
     command += ["-o", "addopts=", "--rootdir", str(tree), "--continue-on-collection-errors", f"--junitxml={junit}"]
     command += [SUITE]
@@ -183,6 +186,8 @@ def run_suite(tree: Path, moto: MotoServer, mode: str, work: Path, select: str |
 
 
 def outcomes(junit: Path) -> dict[str, str]:
+    if not junit.is_file():
+        raise SystemExit(f"pytest wrote no {junit.name}: moto's tests did not run")
     results: dict[str, str] = {}
     for case in ElementTree.parse(junit).iter("testcase"):
         test_id = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
