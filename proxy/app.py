@@ -4,8 +4,9 @@
 endpoint resolution, the translator and policy are prepared here (synchronously, once); the upstream
 ClientSession and the credential refresher live in one ``cleanup_ctx`` generator that opens and closes
 both. Each entry of ``routes:`` gets one more application (:data:`ROUTES`) with its own upstream and policy,
-sharing the credentials, metrics and limits. :func:`serve` runs them (and the admin listener) until
-SIGTERM/SIGINT, then drains per docs/interface.md, "Signals and shutdown".
+sharing the credentials, metrics and limits. With ``agent_api.port`` set, the Secrets Manager Agent's API gets a
+listener of its own on the Query listener's service (:mod:`proxy.agent`). :func:`serve` runs them (and the admin
+listener) until SIGTERM/SIGINT, then drains per docs/interface.md, "Signals and shutdown".
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import botocore.session
 from aiohttp import web
 
 from . import __version__
+from .agent import AGENT_LISTENER, AgentListener, agent_listener
 from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
 from .config import Config, ConfigError, RouteConfig, is_loopback, redacted
@@ -35,11 +37,14 @@ from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
 from .guard import CredentialGuard
 from .handler import SERVICE
+from .listing import Listings, PageTokens
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
+from .models import Endpoint
 from .policy import Policy
 from .service import Regional, Service
 from .signing import ClockSkew
+from .stamps import StampTable
 from .translate import InputLimits, Translator
 from .upstream import AiohttpUpstream, Upstream
 from .validate import RuleSettings
@@ -69,6 +74,12 @@ class Shared:
     metrics: Metrics
     lifecycle: Lifecycle
     clock_skew: ClockSkew = field(default_factory=ClockSkew)  # the local clock is one per process
+    # the key of the listings' NextToken (proxy/listing.py): made here, in the parent before --workers forks,
+    # so that every worker opens the tokens every other hands out; never logged, gone at exit
+    page_token_key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    # the secret cache's stamp table (proxy/stamps.py), one for every listener's cache: a write through a
+    # route is seen by the main listener's cache too; made here too, before the fork
+    stamps: StampTable = field(default_factory=StampTable)
     retry_quota: RetryQuota = field(default_factory=RetryQuota)  # the retry budget, one per process
 
 
@@ -149,6 +160,9 @@ def create_app(
     if cfg.admin.host is None:
         add_admin_routes(app)
     app.cleanup_ctx.append(_lifecycle)
+    if cfg.agent_api.port is not None:
+        app[AGENT_LISTENER] = agent_listener(cfg, shared.metrics, service)
+        app.cleanup_ctx.append(_agent_listener_drained)  # cleaned up before _lifecycle closes the transport
     routes = []
     for i, route in enumerate(cfg.routes):
         route_cfg = route_config(cfg, route)
@@ -221,16 +235,18 @@ def build_service(
             user_agent=f"query-signing-proxy/{__version__}",
         )
 
-    # upstream.regions: each region its own endpoint resolution and its own connection pool
-    regions = {
-        region: Regional(
-            resolve_endpoint(session, replace(up, region=region), key=f"{prefix}upstream.regions[{i}]"),
+    # upstream.regions: each region its own endpoint resolution, connection pool, cache entries and listings
+    regions: dict[str, Regional] = {}
+    for i, region in enumerate(up.regions):
+        if region == endpoint.region:
+            continue
+        regional = resolve_endpoint(session, replace(up, region=region), key=f"{prefix}upstream.regions[{i}]")
+        regions[region] = Regional(
+            regional,
             transport(),
-            SecretCache(cfg.cache, shared.metrics, clock=clock),
+            SecretCache(cfg.cache, shared.metrics, clock=clock, stamps=shared.stamps),
+            listings(cfg, translator, policy, regional, shared.page_token_key),
         )
-        for i, region in enumerate(up.regions)
-        if region != endpoint.region
-    }
     return Service(
         upstream_cfg=up,
         limits=cfg.limits,
@@ -244,9 +260,22 @@ def build_service(
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
         retry_quota=shared.retry_quota,
-        cache=SecretCache(cfg.cache, shared.metrics, clock=clock),
+        cache=SecretCache(cfg.cache, shared.metrics, clock=clock, stamps=shared.stamps),
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
         regions=regions,
+        listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
+    )
+
+
+def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endpoint, key: bytes) -> Listings | None:
+    """The listings a service pages itself (:mod:`proxy.listing`), when ``policy.allow_secrets`` is set. Their
+    tokens are bound to this listener: its upstream endpoint and its ``allow_secrets``."""
+    if policy.secrets is None:
+        return None
+    operations = {name: translator.operation_model(name, None) for name in translator.operation_names}
+    scope = "\n".join([endpoint.url, endpoint.region, translator.service_model.service_name, policy.secrets.pattern])
+    return Listings.of_model(
+        operations, PageTokens(key), policy.name_prefixes, scope.encode(), cfg.limits.max_upstream_pages
     )
 
 
@@ -265,6 +294,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await shared.credentials.close()
         for transport in service.transports():
             await transport.aclose()
+
+
+async def _agent_listener_drained(app: web.Application) -> AsyncIterator[None]:
+    """The Agent API's listener shares this listener's service: the transport stays open until it has drained."""
+    yield
+    listener = app[AGENT_LISTENER]
+    if listener.serving:
+        await listener.stopped.wait()
 
 
 async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -397,8 +434,8 @@ async def serve(
     ``ready(port, admin_port)`` is called once the listeners are bound. On the signal ``/readyz`` turns 503 at
     once, requests are still accepted for ``shutdown_delay_seconds``, then the listeners close and in-flight
     requests finish within ``shutdown_grace_seconds``. As one of ``--workers`` (``worker``), the Query
-    listeners share their ports with the other workers (SO_REUSEPORT) and the admin listener is this worker's
-    own, on ``admin.port + worker.index`` (any free port when ``admin.port`` is 0).
+    listeners (and the Agent API's) share their ports with the other workers (SO_REUSEPORT) and the admin
+    listener is this worker's own, on ``admin.port + worker.index`` (any free port when ``admin.port`` is 0).
     """
     log.debug("effective configuration", extra={"config": redacted(cfg)})
     if cfg.upstream.allow_insecure_http:
@@ -415,7 +452,7 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False)
     await runner.setup()
     admin_runner: web.AppRunner | None = None
-    route_runners: list[web.AppRunner] = []
+    other_runners: list[web.AppRunner] = []
     try:
         server_ssl = _server_ssl(cfg)
         shared_port = worker is not None
@@ -425,7 +462,7 @@ async def serve(
                 route.app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False
             )
             await route_runner.setup()
-            route_runners.append(route_runner)
+            other_runners.append(route_runner)
             route.port = await start_sites(
                 route_runner, _listen_hosts(cfg.listen.host), route.route.port, server_ssl, shared_port
             )
@@ -433,6 +470,16 @@ async def serve(
                 "listening",
                 extra={"route": route.index, "service": route.route.upstream.service, "port": route.port}
                 | ({"worker": worker.index} if worker is not None else {}),
+            )
+        agent: AgentListener | None = app.get(AGENT_LISTENER)
+        if agent is not None:
+            agent_runner = web.AppRunner(
+                agent.app, access_log=None, shutdown_timeout=cfg.shutdown_grace_seconds, handle_signals=False
+            )
+            await agent_runner.setup()
+            other_runners.append(agent_runner)  # drained with the others
+            agent.port = await start_sites(
+                agent_runner, _listen_hosts(cfg.agent_api.host), cfg.agent_api.port or 0, None, shared_port
             )
         admin_port = None
         if cfg.admin.host is not None:
@@ -447,6 +494,7 @@ async def serve(
                 "port": port,
                 "tls": cfg.listen.tls.enabled,
                 "admin_port": admin_port,
+                **({"agent_api_port": agent.port} if agent is not None else {}),
                 "loopback_only": is_loopback(cfg.listen.host),
                 "version": __version__,
                 "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
@@ -462,7 +510,7 @@ async def serve(
             await asyncio.sleep(cfg.shutdown_delay_seconds)
     finally:
         # every listener closes at once and drains in parallel: one grace period in all, not one per route
-        await asyncio.gather(*(drain(r) for r in [*route_runners, runner]))
+        await asyncio.gather(*(drain(r) for r in [*other_runners, runner]))
         if admin_runner is not None:
             await admin_runner.cleanup()
         log.info("stopped")

@@ -19,14 +19,23 @@ request never reaches the cache):
 
 - a non-read operation (anything but ``Get*``/``Describe*``/``List*``/``BatchGet*``) invalidates every entry of
   each secret it names (the model's secret-id members, :attr:`Operation.secret_ids`, plus the ``ARN``/``Name``
-  of its answer) before its answer is returned, success or failure; one that names no secret clears all.
-  Reads in flight when a write lands are answered but not stored.
+  of its answer) before its answer is returned, success or failure, in every worker of ``--workers N``; one
+  that names no secret clears all. Reads in flight when a write lands are answered but not stored, and a
+  read that arrives after it never joins them.
 - ``Cache-Control: no-cache`` on the request bypasses the lookup and refreshes the entry;
 - concurrent misses of one key share one upstream call (single flight);
 - entries expire ``ttl_seconds`` after they were fetched; ``max_entries`` bounds the number held, least
   recently used evicted first;
 - an expired entry may still answer for ``serve_stale_seconds`` after expiry, only when the upstream call made
   to refresh it failed: HTTP 5xx, timeout (GatewayTimeout) or unreachable (BadGateway).
+
+Several workers (``--workers N``). Each worker holds its own entries; what they share is the
+:class:`~proxy.stamps.StampTable`, made with the cache before the fork: a write stores fresh stamps on the
+words of the names it touches, an entry remembers the stamps its fetch began under, and a hit compares them
+(two loads from shared memory: no lock, no system call, no message between processes). A fetch and the
+single flight it leads are tied to the same stamps, so neither an answer read before a write nor a flight
+begun before it outlives the write in any worker. :mod:`proxy.stamps` gives the reasoning, docs/cache.md the
+picture.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from . import errors
 from .config import CacheConfig
 from .metrics import Metrics
 from .models import Operation, UpstreamResponse
-from .policy import secret_names
+from .stamps import GLOBAL, StampTable, name_forms, slot_of
 
 AWSCURRENT = "AWSCURRENT"
 # The batch parameters that make a BatchGetSecretValue something other than "these secrets, current version".
@@ -69,6 +78,17 @@ class _Read:
 class _Entry:
     body: bytes = field(repr=False)  # one GetSecretValue answer / SecretValueEntry, JSON; never shown
     stored: float  # clock seconds when fetched
+    slot: int  # the stamp table's word of the secret's name
+    stamp: int  # that word's stamp when the fetch began
+    global_stamp: int  # the global word's stamp when the fetch began
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """One upstream read in flight, and the stamps it began under (:meth:`StampTable.snapshot`)."""
+
+    task: asyncio.Future[UpstreamResponse]
+    seen: dict[int, int]
 
 
 @dataclass(slots=True)
@@ -108,16 +128,6 @@ def _names(secret_id: str, arn: str, name: str | None) -> bool:
     return secret_id in (arn, name) or (arn.startswith(f"{secret_id}-") and len(arn) == len(secret_id) + 7)
 
 
-def _id_forms(secret_id: str) -> set[str]:
-    """The forms under which a secret named by ``secret_id`` may be known: the id itself and, for an ARN, the
-    part after ``:secret:`` with and without AWS's 6-character suffix (a partial ARN is ambiguous)."""
-    forms = set(secret_names(secret_id))
-    _, sep, tail = secret_id.partition(":secret:")
-    if sep and secret_id.startswith("arn:"):
-        forms.add(tail)
-    return forms
-
-
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         doc = json.loads(body)
@@ -130,11 +140,18 @@ class SecretCache:
     """The secret cache of one upstream service; configured once from ``cache:``, shared by all requests.
 
     ``clock`` gives seconds (monotonic or epoch; an entry whose age comes out negative is treated as expired).
+    ``stamps`` is the table the workers share (default: a new one; build the cache before forking).
     Everything but :meth:`answer` is synchronous and runs on the event loop without awaiting, so the maps need
     no lock. Disabled (``cache.enabled: false``), :meth:`answer` only calls ``fetch``.
     """
 
-    def __init__(self, cfg: CacheConfig, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: CacheConfig,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        stamps: StampTable | None = None,
+    ) -> None:
         self.enabled = cfg.enabled
         self.ttl = float(cfg.ttl_seconds)
         self.stale = float(cfg.serve_stale_seconds)
@@ -146,9 +163,10 @@ class SecretCache:
         self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()  # least recently used first
         self._secrets: dict[str, _Secret] = {}  # ARN -> its keys and aliases
         self._alias: dict[str, str] = {}  # id as a request gave it, name or ARN -> ARN
-        self._flights: dict[tuple[object, ...], asyncio.Future[UpstreamResponse]] = {}
+        self._flights: dict[tuple[object, ...], _Flight] = {}
         self._tasks: set[asyncio.Future[UpstreamResponse]] = set()
-        self._epoch = 0  # bumped by every invalidation: fetches started before it are not stored
+        self.stamps = stamps if stamps is not None else StampTable()
+        self._words = self.stamps.words
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -187,16 +205,17 @@ class SecretCache:
         return response
 
     def invalidate(self, secret_ids: Iterable[str]) -> None:
-        """Drop every entry of each secret named (name, ARN or partial ARN); with no ids, drop everything.
-        Upstream calls in flight are no longer joined, and their answers are not stored."""
-        self._epoch += 1
-        self._flights.clear()
+        """A write landed on the secrets named (name, ARN or partial ARN; none: every secret). Their stamps
+        change in the table every worker shares, so no worker answers from an entry or joins an upstream read
+        that began before this call; this worker's own entries are dropped at once. Synchronous: call it after
+        the upstream answered the write and before the write is answered."""
         ids = list(secret_ids)
+        self.stamps.bump(ids)
         if not ids:
             for key in list(self._entries):
                 self._drop(key, "invalidated")
             return
-        arns = {self._alias[f] for i in ids for f in _id_forms(i) if f in self._alias}
+        arns = {self._alias[f] for i in ids for f in name_forms(i) if f in self._alias}
         for arn in arns:
             record = self._secrets.get(arn)
             for key in list(record.keys if record else ()):
@@ -226,6 +245,10 @@ class SecretCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None
+            words = self._words
+            if words[entry.slot] != entry.stamp or words[GLOBAL] != entry.global_stamp:
+                self._drop(key, "invalidated")  # a write through some worker since this entry's fetch began
+                return None
             age = now - entry.stored
             if age < 0 or age >= self.ttl + self.stale:
                 self._drop(key, "expired")
@@ -247,54 +270,66 @@ class SecretCache:
         return cached
 
     async def _shared_fetch(self, read: _Read, fetch: Fetch, refresh: bool) -> UpstreamResponse:
-        flight = (read.batch, tuple(self._alias.get(i, i) for i in read.ids), read.version_id, read.stage)
-        task = None if refresh else self._flights.get(flight)
-        if task is None:
+        stamps = self.stamps
+        key = (read.batch, tuple(self._alias.get(i, i) for i in read.ids), read.version_id, read.stage)
+        flight = None if refresh else self._flights.get(key)
+        if flight is None or not stamps.current(flight.seen):  # never join a read that began before a write
+            seen = stamps.snapshot(read.ids)
             # A task of its own, so that one caller going away does not cancel the others' answer.
-            task = asyncio.ensure_future(self._fill(read, fetch, self._epoch))
+            task = asyncio.ensure_future(self._fill(read, fetch, seen))
             self._tasks.add(task)
-            self._flights[flight] = task
-            task.add_done_callback(lambda t: self._landed(flight, t))
-        return await asyncio.shield(task)
+            flight = self._flights[key] = _Flight(task, seen)
+            task.add_done_callback(lambda t: self._landed(key, t))
+        return await asyncio.shield(flight.task)
 
-    def _landed(self, flight: tuple[object, ...], task: asyncio.Future[UpstreamResponse]) -> None:
+    def _landed(self, key: tuple[object, ...], task: asyncio.Future[UpstreamResponse]) -> None:
         self._tasks.discard(task)
-        if self._flights.get(flight) is task:
-            del self._flights[flight]
+        flight = self._flights.get(key)
+        if flight is not None and flight.task is task:
+            del self._flights[key]
         if not task.cancelled():
             task.exception()  # retrieved, so that an error nobody waits for is not reported as lost
 
-    async def _fill(self, read: _Read, fetch: Fetch, epoch: int) -> UpstreamResponse:
+    async def _fill(self, read: _Read, fetch: Fetch, seen: dict[int, int]) -> UpstreamResponse:
         response = await fetch()
-        if 200 <= response.status < 300 and epoch == self._epoch:
-            self._store(read, response.body)
+        if 200 <= response.status < 300:
+            self._store(read, response.body, seen)
         return response
 
-    def _store(self, read: _Read, body: bytes) -> None:
+    def _store(self, read: _Read, body: bytes, seen: dict[int, int]) -> None:
+        """Keep the entries of an answer whose fetch began under the stamps ``seen``, unless a write has
+        changed one of them since (then the answer may predate the write: it is answered, not kept)."""
+        if not self.stamps.current(seen):
+            return
         doc = _json_object(body)
         if doc is None:
             return
         if not read.batch:
             arn, name = doc.get("ARN"), doc.get("Name")
-            if isinstance(arn, str):
-                self._put((arn, read.version_id, read.stage), body, {read.ids[0], arn, name})
+            if isinstance(arn, str) and isinstance(name, str):
+                self._put((arn, read.version_id, read.stage), body, {read.ids[0], arn, name}, name, seen)
             return
         values = doc.get("SecretValues")
         for value in values if isinstance(values, list) else ():
             if not isinstance(value, dict):
                 continue
             arn, name = value.get("ARN"), value.get("Name")
-            if not isinstance(arn, str) or AWSCURRENT not in (value.get("VersionStages") or ()):
+            if not isinstance(arn, str) or not isinstance(name, str):
+                continue
+            if AWSCURRENT not in (value.get("VersionStages") or ()):
                 continue
             aliases = {arn, name, *(i for i in read.ids if _names(i, arn, name))}
             entry_body = json.dumps(value, separators=(",", ":")).encode()
-            self._put((arn, None, AWSCURRENT), entry_body, aliases)
+            self._put((arn, None, AWSCURRENT), entry_body, aliases, name, seen)
 
-    def _put(self, key: EntryKey, body: bytes, aliases: Iterable[object]) -> None:
+    def _put(self, key: EntryKey, body: bytes, aliases: Iterable[object], name: str, seen: dict[int, int]) -> None:
+        slot = slot_of(name)
+        if slot not in seen:  # the answer is about a name the request did not give: no stamp to hold it to
+            return
         arn = key[0]
         if key not in self._entries:
             self._metrics.cache_entries.inc()
-        self._entries[key] = _Entry(body, self._clock())
+        self._entries[key] = _Entry(body, self._clock(), slot, seen[slot], seen[GLOBAL])
         self._entries.move_to_end(key)
         record = self._secrets.setdefault(arn, _Secret())
         record.keys.add(key)

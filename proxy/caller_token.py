@@ -92,5 +92,18 @@ class CallerToken:
         expected = self.expected()
         if expected is None:
             raise errors.AccessDenied(f"the caller token cannot be checked: {self.header} is not accepted now")
-        if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), expected):
+        if not _same(presented, expected):
             raise errors.AccessDenied(f"the {self.header} header does not hold the caller token")
+
+    def accepts(self, presented: str | None) -> bool:
+        """True when ``presented`` (a header's value, None when absent) is the current token; False when it is
+        absent, wrong, or the file cannot be read now (fail closed). Constant-time, as :meth:`check`."""
+        if presented is None:
+            return False
+        expected = self.expected()
+        return expected is not None and _same(presented, expected)
+
+
+def _same(presented: str, expected: bytes) -> bool:
+    """The presented value, surrounding whitespace stripped, against the token, in constant time."""
+    return hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), expected)

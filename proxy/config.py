@@ -93,6 +93,7 @@ class LimitsConfig:
     max_list_members: int = field(default=1000, metadata=_range(1, 100000))
     max_concurrent_requests: int = field(default=256, metadata=_range(1, 100000))
     max_response_bytes: int = field(default=16777216, metadata=_range(1024, 1024**3))
+    max_upstream_pages: int = field(default=10, metadata=_range(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,14 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentApiConfig:
+    """The Secrets Manager Agent's API on a listener of its own (docs/agent-api.md); ``port`` null: off."""
+
+    host: str = "127.0.0.1"
+    port: int | None = field(default=None, metadata=_range(0, 65535))
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     port: int = field(default=0, metadata=_range(0, 65535))
     upstream: UpstreamConfig = UpstreamConfig()
@@ -127,6 +136,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     policy: PolicyConfig = PolicyConfig()
     cache: CacheConfig = CacheConfig()
+    agent_api: AgentApiConfig = AgentApiConfig()
     shutdown_delay_seconds: float = field(default=0, metadata=_range(0, 3600))
     shutdown_grace_seconds: float = field(default=20, metadata=_range(0, 3600))
     routes: tuple[RouteConfig, ...] = ()
@@ -159,9 +169,9 @@ def build(cls: type[Any], data: Any, path: str = "") -> Any:
         where = f"{path}.{name}" if path else name
         value = _convert(hints[name], data[name], where)
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if lo is not None and value < lo:
+        if value is not None and lo is not None and value < lo:
             raise ConfigError(f"{where}: must be at least {lo}, got {value}")
-        if hi is not None and value > hi:
+        if value is not None and hi is not None and value > hi:
             raise ConfigError(f"{where}: must be at most {hi}, got {value}")
         values[name] = value
     return cls(**values)
@@ -320,9 +330,35 @@ def check(cfg: Config) -> None:
         if route.port:
             ports[route.port] = f"routes[{i}].port"
     _check_upstream(cfg.upstream, "upstream")
+    _check_agent_api(cfg, ports)
     _check_policy(cfg.policy, "policy")
     for i, route in enumerate(cfg.routes):
         _check_policy(route.policy, f"routes[{i}].policy")
+
+
+def _check_agent_api(cfg: Config, ports: dict[int, str]) -> None:
+    """``agent_api`` (docs/agent-api.md): loopback only, Secrets Manager only, a port of its own, and a caller
+    token, since the Agent too refuses to run without one."""
+    agent = cfg.agent_api
+    if agent.port is None:
+        return
+    if not is_loopback(agent.host):
+        raise ConfigError(
+            f"agent_api.host: {agent.host} is not a loopback address; the Agent API is served on loopback only, "
+            "as the Agent serves it"
+        )
+    if cfg.upstream.service != "secretsmanager":
+        raise ConfigError(
+            f"agent_api.port: the Agent API serves Secrets Manager's GetSecretValue; upstream.service is "
+            f"{cfg.upstream.service}"
+        )
+    if agent.port and agent.port in ports:
+        raise ConfigError(f"agent_api.port: {agent.port} is already taken by {ports[agent.port]}")
+    if cfg.policy.token_file is None:
+        raise ConfigError(
+            "policy.token_file: required when agent_api.port is set (every Agent API request must carry "
+            "X-Aws-Parameters-Secrets-Token with this token, as the Agent requires)"
+        )
 
 
 # RFC 9110 section 5.1: a field name is a token.

@@ -17,7 +17,8 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     │   ├── RequestTimeout 408        ├── MalformedJSON 400 (SerializationException; SDK calls)
     │   ├── AccessDenied 403 (SDK: AccessDeniedException 400)
     │   ├── ValidationError 400 (the service's own code: InvalidParameterException)
-    │   └── RegionNotServed 400 (InvalidRequestException; SDK calls)
+    │   ├── RegionNotServed 400 (InvalidRequestException; SDK calls)
+    │   └── InvalidNextToken 400 (InvalidNextTokenException)
     ├── ServerError (5xx, Receiver)
     │   ├── ServiceUnavailable 503 (SDK: ThrottlingException)
     │   │                             ├── BadGateway 502
@@ -164,6 +165,13 @@ class RegionNotServed(ClientError):
     """An SDK call signed for a region that is neither ``upstream.region`` nor in ``upstream.regions``."""
 
     code = "InvalidRequestException"
+
+
+class InvalidNextToken(ClientError):
+    """A ``NextToken`` the proxy did not hand out for this listing (:mod:`proxy.listing`): the code Secrets
+    Manager itself answers for a bad token, so that SDKs raise their ``InvalidNextTokenException``."""
+
+    code = "InvalidNextTokenException"
 
 
 class ServerError(ProxyError):

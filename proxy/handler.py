@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
 
@@ -45,15 +47,33 @@ async def answer_document(request: web.Request, service: Service, ctx: RequestCo
     """The answer (from the cache or the upstream) as the Query XML document; raises the upstream's error.
 
     The upstream answer is dropped on return: while a slow client reads, only the document is held."""
-    cache = service.regional(operation.region).cache  # the region is part of the cache key
-    response = await cache.answer(  # after the policy: a denied request never reaches the cache
-        operation,
-        request.headers.get("Cache-Control"),
-        lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
-    )
+    keep = service.policy.answer_filter
+    regional = service.regional(operation.region)  # the region is part of the cache key and of the tokens
+    listings = regional.listings
+    listing = listings.pages(operation) if listings is not None else None
+    if listings is not None and listing is not None and keep is not None:  # paged by the proxy
+        response = await listings.answer(listing, operation, keep, upstream_call(service, ctx, operation))
+    else:
+        response = await regional.cache.answer(  # after the policy: a denied request never reaches the cache
+            operation,
+            request.headers.get("Cache-Control"),
+            lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
+        )
     if response.status >= 300:
         raise upstream_error(response)
-    return service.translator.render_result(operation.name, response, ctx.request_id, keep=service.policy.answer_filter)
+    return service.translator.render_result(operation.name, response, ctx.request_id, keep=keep)
+
+
+def upstream_call(
+    service: Service, ctx: RequestContext, operation: Operation
+) -> Callable[[dict[str, Any]], Awaitable[UpstreamResponse]]:
+    """``call(input)``: ``operation`` with another input (a listing's page), serialized, signed and sent."""
+
+    async def call(data: dict[str, Any]) -> UpstreamResponse:
+        page = replace(operation, input=data)
+        return await send_upstream(service, ctx, page, *service.translator.json_request(page))
+
+    return call
 
 
 async def send_upstream(

@@ -121,6 +121,13 @@ _HTTP_ERRORS: dict[int, type[errors.ProxyError]] = {
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# How a listener answers an error: the error and the request's context -> the answer.
+ErrorRenderer = Callable[[errors.ProxyError, RequestContext], web.Response]
+
+
+def render_error(error: errors.ProxyError, ctx: RequestContext) -> web.Response:
+    """The Query and SDK listeners' error answer (:func:`error_response` in the caller's protocol)."""
+    return error_response(error, ctx.request_id, ctx.sdk)
 
 
 def host_passes(request: web.Request, rules: RuleSettings) -> bool:
@@ -132,9 +139,12 @@ def host_passes(request: web.Request, rules: RuleSettings) -> bool:
     return True
 
 
-def query_middleware(metrics: Metrics, max_concurrent: int, rules: RuleSettings) -> Middleware:
+def query_middleware(
+    metrics: Metrics, max_concurrent: int, rules: RuleSettings, render: ErrorRenderer = render_error
+) -> Middleware:
     """The middleware for a Query listener; ``max_concurrent`` is ``limits.max_concurrent_requests``, ``rules``
-    the listener's request rules.
+    the listener's request rules, ``render`` answers errors (the Agent API's listener, :mod:`proxy.agent`,
+    shapes them as the Agent does).
 
     The Host rule holds for every path of the listener (docs/interface.md, "HTTP endpoints"): also for
     ``/healthz``, ``/readyz`` and ``/metrics`` when ``admin.host`` is null (a page that rebinds a DNS name to
@@ -174,19 +184,19 @@ def query_middleware(metrics: Metrics, max_concurrent: int, rules: RuleSettings)
             if ctx.stream_status is not None:
                 status, code = ctx.stream_status, ctx.stream_code or str(ctx.stream_status)
         except errors.ProxyError as exc:
-            response = error_response(exc, ctx.request_id, ctx.sdk)
-            status, code = answered_code(exc, ctx.sdk)
+            response = render(exc, ctx)
+            status, code = response.status, answered_code(exc, ctx.sdk)[1]
         except web.HTTPException as exc:
             cls = _HTTP_ERRORS.get(exc.status)
             err: errors.ProxyError = cls(exc.reason) if cls is not None else errors.ProxyError(f"HTTP {exc.status}")
-            response = error_response(err, ctx.request_id, ctx.sdk)
-            status, code = answered_code(err, ctx.sdk)
+            response = render(err, ctx)
+            status, code = response.status, answered_code(err, ctx.sdk)[1]
         except asyncio.CancelledError:
             status, code = 499, "ClientClosedRequest"
             raise
         except Exception as exc:
             log.error("unexpected error", extra={"request_id": ctx.request_id, "error": type(exc).__name__})
-            response = error_response(errors.ProxyError("the proxy failed unexpectedly"), ctx.request_id, ctx.sdk)
+            response = render(errors.ProxyError("the proxy failed unexpectedly"), ctx)
         finally:
             elapsed = time.perf_counter() - started
             action = ctx.action or "-"

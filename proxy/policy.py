@@ -8,14 +8,15 @@ secret id as given and, for an ARN, against the secret name inside it without AW
 
 Secrets selected by filter, not by name. ListSecrets (with or without ``Filters``) and BatchGetSecretValue
 with ``Filters`` name no secret in their input, so ``allow_actions`` alone lets them through; what they
-return is filtered instead: with ``allow_secrets`` set, :attr:`Policy.answer_filter` is handed to
-:meth:`proxy.translate.Translator.render_result`, which drops from every list of secrets in the output shape
-(``SecretList``, ``SecretValues``, ``Errors``) the entries whose ``ARN``/``Name``/``SecretId`` no pattern
-allows, before anything is rendered. The choice is filtering, not denial, because docs/interface.md, "Policy" governs
-operations that name no secret by ``allow_actions`` alone, and an app allowed ``prod/app/*`` may list those.
-Consequences: a page may hold fewer entries than ``MaxResults`` (even none, with a ``NextToken``); the upstream
-did read the secrets that were filtered out (the role's IAM policy is the bound on what AWS reads). An answer
-that is itself about a secret outside ``allow_secrets`` (a partial ARN that named another secret) is
+return is filtered instead: with ``allow_secrets`` set, :attr:`Policy.answer_filter` decides which entries
+(``SecretList``, ``SecretValues``, ``Errors``, by their ``ARN``/``Name``/``SecretId``) the caller sees. The
+choice is filtering, not denial, because docs/interface.md, "Policy" governs operations that name no secret
+by ``allow_actions`` alone, and an app allowed ``prod/app/*`` may list those. Filtering one upstream page at
+a time would make the page's length and its ``NextToken`` depend on the hidden secrets (an oracle: issue
+13), so :mod:`proxy.listing` pages upstream itself and hands out its own token; :attr:`Policy.name_prefixes`
+lets it ask the upstream for the allowed names only, where the patterns allow. The upstream still reads
+what the pushed-down filter does not exclude (the role's IAM policy is the bound on what AWS reads). An
+answer that is itself about a secret outside ``allow_secrets`` (a partial ARN that named another secret) is
 AccessDenied.
 """
 
@@ -46,6 +47,23 @@ def secret_names(secret_id: str) -> tuple[str, ...]:
     return (secret_id, m["name"])
 
 
+# Secrets Manager's FilterValueStringType (botocore's model), without the leading "!" of a negation.
+_FILTER_VALUE = re.compile(r"[a-zA-Z0-9 :_@/+=.-]{1,512}")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def name_prefix(pattern: str) -> str | None:
+    """The literal start of an ``allow_secrets`` pattern, as a ``name`` filter value of ListSecrets (a prefix
+    match, case-sensitive: the ``Filter`` shape's documentation in botocore's model): every secret *name* the
+    pattern matches starts with it. None when no such filter value can stand for the pattern: a pattern
+    that starts with a wildcard, an ARN pattern (matched against ARNs, not names), or characters a filter
+    value may not hold."""
+    literal = _GLOB.split(pattern, 1)[0]
+    if pattern.startswith("arn:") or not _FILTER_VALUE.fullmatch(literal):
+        return None
+    return literal
+
+
 def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
 
@@ -57,6 +75,8 @@ class Policy:
     all_actions: bool
     actions: re.Pattern[str] | None
     secrets: re.Pattern[str] | None
+    # the allow_secrets patterns as name prefixes (:func:`name_prefix`); None when one of them has none
+    name_prefixes: tuple[str, ...] | None = None
 
     @classmethod
     def compile(
@@ -87,7 +107,13 @@ class Policy:
                         raise ConfigError(f"{key}.allow_actions[{i}]: {pattern!r} matches no operation of the service")
                 actions = _compile(cfg.allow_actions)
         secrets = _compile(cfg.allow_secrets) if cfg.allow_secrets is not None else None
-        return cls(all_actions=all_actions, actions=actions, secrets=secrets)
+        prefixes = [name_prefix(p) for p in cfg.allow_secrets or ()]
+        name_prefixes = None
+        if cfg.allow_secrets is not None and all(p is not None for p in prefixes):
+            # a prefix that starts with another says nothing more: keep the shortest ones
+            unique = sorted({p for p in prefixes if p is not None})
+            name_prefixes = tuple(p for p in unique if not any(p != q and p.startswith(q) for q in unique))
+        return cls(all_actions=all_actions, actions=actions, secrets=secrets, name_prefixes=name_prefixes)
 
     def action_allowed(self, name: str) -> bool:
         if self.all_actions:

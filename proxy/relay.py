@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -97,10 +97,13 @@ async def relay(
     headers: dict[str, str],
     body: bytes,
     wire: WireFormat,
+    answered: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
     """Sign and send ``headers``/``body`` (with retries) and relay the answer to ``request``'s client.
 
-    Raises, before anything was written: what :func:`~proxy.handler.send_upstream` raises, the upstream's
+    ``answered()`` is called once the upstream has answered and before anything is written to the client
+    (the secret cache forgets what a write changed there, before the write is answered). Raises, before
+    anything was written: what :func:`~proxy.handler.send_upstream` raises, the upstream's
     error (:func:`~proxy.translate.upstream_error`) when its error body is not in ``wire``'s format, and
     ResponseTooLarge for an error body over ``limits.max_response_bytes``.
     """
@@ -124,6 +127,8 @@ async def relay(
         for stream in opened:
             stream.close()
         raise
+    if answered is not None:
+        answered()
     if not opened:
         error = upstream_error(answer)
         if not wire.holds(answer.body):

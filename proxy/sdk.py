@@ -13,7 +13,8 @@ Errors the proxy raises reach the SDK as JSON 1.1 errors (``{"__type": ..., "mes
 One exception to "unchanged": with ``policy.allow_secrets`` set, an answer whose output shape can name secrets
 (``ListSecrets``' ``SecretList``, ``BatchGetSecretValue``'s ``SecretValues``, any ``ARN``/``Name``) is read whole
 (up to ``limits.max_response_bytes``), filtered by the same :func:`~proxy.translate.visible_output` as a Query
-answer and written again as JSON (:func:`filtered_answer`): an SDK call sees no more than a Query request.
+answer and written again as JSON (:func:`filtered_answer`), and a listing is paged by the proxy with its own
+``NextToken`` (:mod:`proxy.listing`): an SDK call sees no more than a Query request.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import json
 import math
 import re
@@ -34,7 +36,7 @@ from botocore.model import ListShape, MapShape, OperationModel, Shape, Structure
 from botocore.utils import parse_timestamp
 
 from . import errors
-from .handler import SERVICE, send_upstream
+from .handler import SERVICE, send_upstream, upstream_call
 from .middleware import RequestContext, context
 from .models import Operation
 from .parse import read_body, request_head
@@ -285,11 +287,18 @@ async def filtered_answer(
     """Send, read the whole answer (up to ``limits.max_response_bytes``) and answer the SDK with it after
     :func:`~proxy.translate.visible_output` has taken out every secret ``keep`` refuses.
 
-    A JSON error body is relayed unchanged. Raises what :func:`~proxy.handler.send_upstream` raises, the
+    A listing that names no secret (``ListSecrets``, ``BatchGetSecretValue`` by ``Filters``) is paged by the
+    proxy itself (:meth:`proxy.listing.Listings.answer`), with its own ``NextToken``. A JSON error body is
+    relayed unchanged. Raises what :func:`~proxy.handler.send_upstream` raises, the
     upstream's error for a non-JSON error body, BadGateway for a success that is not a JSON object, and
     AccessDenied for an answer about a secret ``keep`` refuses.
     """
-    response = await send_upstream(service, ctx, operation, headers, payload)
+    listings = service.regional(operation.region).listings  # tokens bound to the region's endpoint
+    listing = listings.pages(operation) if listings is not None else None
+    if listings is not None and listing is not None:  # paged by the proxy (proxy/listing.py)
+        response = await listings.answer(listing, operation, keep, upstream_call(service, ctx, operation))
+    else:
+        response = await send_upstream(service, ctx, operation, headers, payload)
     out_headers = answer_headers(response.headers, ctx.request_id)
     if response.status >= 300:
         error = upstream_error(response)
@@ -328,13 +337,16 @@ async def handle_sdk(request: web.Request) -> web.StreamResponse:
     service.policy.check(operation)
     headers, payload = service.translator.json_request(operation)
     keep, output = service.policy.answer_filter, op.output_shape
+    # a write leaves no cached answer of the secrets it names, in any worker and any region (the stamp table is
+    # the process's), before it is answered (the relay writes as it reads: its hook runs before the first byte;
+    # the finally covers errors and timeouts)
+    forget = None
+    if not operation.is_read and service.cache.enabled:
+        forget = functools.partial(service.cache.invalidate, operation.secret_ids)
     try:
         if keep is not None and output is not None and names_secrets(output):
             return await filtered_answer(service, ctx, operation, output, headers, payload, keep)
-        return await relay(request, service, ctx, operation, headers, payload, AWS_JSON)
+        return await relay(request, service, ctx, operation, headers, payload, AWS_JSON, answered=forget)
     finally:
-        if not operation.is_read and service.cache.enabled:
-            # a write through the SDK path leaves no cached answer of the secrets it names (issue 8), in any
-            # region: a replica carries its primary's name
-            for cache in service.caches():
-                cache.invalidate(operation.secret_ids)
+        if forget is not None:
+            forget()

@@ -13,6 +13,7 @@ from .cache import SecretCache
 from .config import LimitsConfig, UpstreamConfig
 from .credentials import CredentialManager
 from .guard import CredentialGuard
+from .listing import Listings
 from .metrics import Metrics
 from .models import Endpoint
 from .policy import Policy
@@ -25,13 +26,15 @@ from .validate import RuleSettings
 @dataclass(frozen=True, slots=True)
 class Regional:
     """One region a call may be sent to: its endpoint (botocore's resolution for that region, the SigV4 scope),
-    its own transport, so that one region's connection pool never carries another region's requests, and its
-    own secret cache, so that the same name in two regions never shares an entry (the region is part of the
-    cache key)."""
+    its own transport, so that one region's connection pool never carries another region's requests, its own
+    secret cache entries, so that the same name in two regions never shares one (the region is part of the
+    cache key; the stamp table is the process's, so a write drops a name in every region: a replica carries its
+    primary's name), and its own listings, whose NextTokens are bound to its endpoint."""
 
     endpoint: Endpoint
     upstream: Upstream
     cache: SecretCache
+    listings: Listings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,8 @@ class Service:
     cache: SecretCache
     # operations that hand out credentials (docs/interface.md, "Policy")
     guard: CredentialGuard = CredentialGuard(frozenset())
+    # listings the proxy pages itself under policy.allow_secrets (proxy/listing.py); None: no allow_secrets
+    listings: Listings | None = None
     # upstream.regions: region -> endpoint and transport; ``endpoint`` / ``upstream`` above are upstream.region's
     regions: Mapping[str, Regional] = field(default_factory=dict)
 
@@ -59,7 +64,7 @@ class Service:
         transport, a region of ``upstream.regions`` its own. Raises RegionNotServed for any other, naming both
         (docs/interface.md, "SDK calls")."""
         if region is None or region == self.endpoint.region:
-            return Regional(self.endpoint, self.upstream, self.cache)
+            return Regional(self.endpoint, self.upstream, self.cache, self.listings)
         found = self.regions.get(region)
         if found is None:
             served = ", ".join([self.endpoint.region, *self.regions])
@@ -68,11 +73,6 @@ class Service:
                 f"to {self.endpoint.region}, or add {region} to upstream.regions"
             )
         return found
-
-    def caches(self) -> list[SecretCache]:
-        """The secret cache of every region served (a write drops its secrets from all: a replica carries the
-        primary's name)."""
-        return [self.cache, *(regional.cache for regional in self.regions.values())]
 
     def transports(self) -> list[Upstream]:
         """Every distinct transport of the service (the lifecycle starts and closes each once)."""

@@ -66,7 +66,7 @@ def reserve_port(host: str, port: int) -> tuple[int, list[socket.socket]]:
 def check(cfg: Config, count: int) -> None:
     """Raise ConfigError when ``--workers count`` cannot serve ``cfg``: no ``admin.host``, or worker admin ports
     (``admin.port`` .. ``admin.port + count - 1``) past 65535 or on a Query port (``listen.port``,
-    ``routes[i].port``), which would stop every worker at start-up."""
+    ``routes[i].port``, ``agent_api.port``), which would stop every worker at start-up."""
     if count <= 1:
         return
     if cfg.admin.host is None:
@@ -84,6 +84,8 @@ def check(cfg: Config, count: int) -> None:
             "lower admin.port"
         )
     query_ports = {cfg.listen.port: "listen.port"} | {r.port: f"routes[{i}].port" for i, r in enumerate(cfg.routes)}
+    if cfg.agent_api.port:
+        query_ports[cfg.agent_api.port] = "agent_api.port"
     for port, key in query_ports.items():
         if port and first < port <= last:
             raise ConfigError(
@@ -140,6 +142,10 @@ def run_workers(
             held += sockets
             routes.append(replace(route, port=route_port))
         cfg = replace(cfg, listen=replace(cfg.listen, port=port), routes=tuple(routes))
+        if cfg.agent_api.port is not None:
+            agent_port, sockets = reserve_port(cfg.agent_api.host, cfg.agent_api.port)
+            held += sockets
+            cfg = replace(cfg, agent_api=replace(cfg.agent_api, port=agent_port))
         app = build(cfg)
     except BaseException:
         for sock in held:

@@ -22,6 +22,7 @@ from xml.etree import ElementTree
 
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,8 +30,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app import create_app
 from proxy.config import Config, build, check
 from proxy.credentials import static_fetch
-from proxy.local import REGION
-from tests.support import ServerThread, legacy_client, raw_request
+from proxy.local import DEMO_ROLE_ARN, REGION
+from tests.faults import ACCESS_KEY, proxy_environ
+from tests.integration.test_workers import listening, metric_sum
+from tests.process import ProxyProcess
+from tests.support import ServerThread, legacy_client, poll, raw_request
 
 NS = "{https://secretsmanager.amazonaws.com/doc/2017-10-17/}"
 ARN_PREFIX = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
@@ -40,17 +44,20 @@ def unique(prefix: str) -> str:
     return f"cache/{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def read(proxy: ServerThread, secret_id: str, headers: dict[str, str] | None = None) -> tuple[int, str | None]:
-    """GetSecretValue through the proxy: the status and the SecretString (None on an error)."""
+def read(
+    proxy: ServerThread | int, secret_id: str, headers: dict[str, str] | None = None
+) -> tuple[int, str | None]:
+    """GetSecretValue through the proxy (a ServerThread, or the port of a proxy process), on a connection of
+    its own: the status and the SecretString (None on an error)."""
     target = f"/?Action=GetSecretValue&SecretId={quote(secret_id, safe='')}&Version=2017-10-17"
-    r = raw_request(proxy.port, "GET", target, headers=headers)
+    r = raw_request(proxy if isinstance(proxy, int) else proxy.port, "GET", target, headers=headers)
     if r.status != 200:
         return r.status, None
     el = ElementTree.fromstring(r.body).find(f"{NS}GetSecretValueResult/{NS}SecretString")
     return r.status, None if el is None else el.text
 
 
-def value(proxy: ServerThread, secret_id: str, headers: dict[str, str] | None = None) -> str | None:
+def value(proxy: ServerThread | int, secret_id: str, headers: dict[str, str] | None = None) -> str | None:
     status, text = read(proxy, secret_id, headers)
     assert status == 200, status
     return text
@@ -235,14 +242,18 @@ class FakeSecretsManager:
     """A Secrets Manager over JSON 1.1 for a few secrets, answering in the loop of a ServerThread.
 
     ``mode``: "ok", "503" (an HTML 503), "hang" (never answers), "reset" (closes the connection).
-    ``hold()``/``release()`` keep GetSecretValue answers back until released.
+    An answer is the state when the request arrived. After ``hold()`` each GetSecretValue answer is kept back
+    (:attr:`held`, in arrival order) until ``release()`` lets them all go, or ``release(i)`` the i-th.
+    ``key`` is the access key id the requests must be signed with.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = "AKIDCACHETEST") -> None:
         self.values = {"app/db": "v1"}
         self.calls: dict[str, int] = {}
         self.mode = "ok"
-        self.held: asyncio.Event | None = None
+        self.key = key
+        self.holding = False
+        self.held: list[asyncio.Event] = []
         self.server: ServerThread | None = None
 
     def app(self) -> web.Application:
@@ -253,7 +264,7 @@ class FakeSecretsManager:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         operation = request.headers["X-Amz-Target"].split(".", 1)[1]
         self.calls[operation] = self.calls.get(operation, 0) + 1
-        assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDCACHETEST/")
+        assert request.headers["Authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={self.key}/")
         data = json.loads(await request.read())
         if self.mode == "503":
             return web.Response(status=503, text="<html>down</html>", content_type="text/html")
@@ -263,8 +274,6 @@ class FakeSecretsManager:
             assert request.transport is not None
             request.transport.close()
             return web.Response()
-        if operation == "GetSecretValue" and self.held is not None:
-            await self.held.wait()
         secret_id = data["SecretId"]
         name = secret_id[len(ARN_PREFIX) : -len("-AbCdEf")] if secret_id.startswith(ARN_PREFIX) else secret_id
         if name not in self.values:
@@ -284,22 +293,24 @@ class FakeSecretsManager:
             "CreatedDate": 1700000000,
         }
         headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+        if operation == "GetSecretValue" and self.holding:
+            self.held.append(release := asyncio.Event())
+            await release.wait()
         return web.json_response(answer, content_type="application/x-amz-json-1.1", headers=headers)
 
     def count(self, operation: str = "GetSecretValue") -> int:
         return self.calls.get(operation, 0)
 
     def hold(self) -> None:
+        self.holding = True
+
+    def release(self, index: int | None = None) -> None:
+        """Let every held answer go and hold no more (``index`` None), or only the ``index``-th held."""
         assert self.server is not None
-        self.held = self.server.call(_new_event())
-
-    def release(self) -> None:
-        assert self.server is not None and self.held is not None
-        self.server.loop.call_soon_threadsafe(self.held.set)
-
-
-async def _new_event() -> asyncio.Event:
-    return asyncio.Event()
+        if index is None:
+            self.holding = False
+        for event in self.held if index is None else [self.held[index]]:
+            self.server.loop.call_soon_threadsafe(event.set)
 
 
 class Clock:
@@ -329,7 +340,8 @@ class Rig:
 
 @pytest.fixture
 def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
-    """The fake upstream over TLS and the proxy in front of it: ttl 10 s, stale 30 s, one attempt each."""
+    """The fake upstream over TLS and the proxy in front of it: ttl 10 s, stale 30 s, one attempt each, a read
+    timeout of 2 s (held answers are released well within it, also on a loaded machine)."""
     server_ctx, ca_file = tls
     upstream = FakeSecretsManager()
     clock = Clock()
@@ -344,7 +356,7 @@ def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
                     "endpoint_url": server.url,
                     "ca_bundle": ca_file,
                     "max_attempts": 1,
-                    "read_timeout_seconds": 0.5,
+                    "read_timeout_seconds": 2,
                     "total_timeout_seconds": 5,
                 },
                 "cache": {"enabled": True, "ttl_seconds": 10, "serve_stale_seconds": 30},
@@ -437,3 +449,140 @@ def test_a_write_by_an_sdk_client_invalidates_too(cached: ServerThread, emulator
     assert value(cached, name) == "before"  # now cached
     sdk_client(cached.url).put_secret_value(SecretId=name, SecretString="after")
     assert value(cached, name) == "after"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --workers 2: the real CLI, each worker with its own entries and admin port (issue 13, section 2)
+
+
+def workers_config(tmp_path: Path, upstream: dict[str, Any], **sections: Any) -> str:
+    data: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "upstream": {"region": REGION, **upstream},
+        "cache": {"enabled": True, "ttl_seconds": 300},
+        "policy": {"allow_actions": ["*"]},
+        **sections,
+    }
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def two_workers(proxy: ProxyProcess) -> tuple[int, list[int]]:
+    """Wait until both workers listen and hold credentials; the shared Query port and each admin port."""
+    lines = poll(lambda: len(listening(proxy)) == 2 and listening(proxy), 60, "two workers to listen")
+    admins = [line["admin_port"] for line in sorted(lines, key=lambda line: line["worker"])]
+    for admin in admins:
+        proxy.wait_status(f"http://127.0.0.1:{admin}/readyz", 200)
+    return lines[0]["port"], admins
+
+
+def reads_counted(admin: int) -> float:
+    return metric_sum(admin, 'query_signing_proxy_requests_total{action="GetSecretValue"')
+
+
+def read_through_every_worker(port: int, admins: list[int], secret_id: str, expected: str, each: int = 4) -> int:
+    """Read ``secret_id`` on fresh connections (the kernel picks the worker) until every worker has answered
+    ``each`` of them; every answer must be ``expected``. Returns how many reads it took."""
+    start = [reads_counted(a) for a in admins]
+    reads = 0
+
+    def spread() -> bool:
+        nonlocal reads
+        got = read(port, secret_id)
+        reads += 1
+        assert got == (200, expected), f"read {reads}: {got}, expected {expected!r}"
+        return all(reads_counted(a) >= s + each for a, s in zip(admins, start, strict=True))
+
+    poll(spread, 60, f"every worker to answer {each} reads", interval=0)
+    return reads
+
+
+def test_workers_a_write_through_either_worker_leaves_no_stale_read(
+    emulator: Any, demo_env: None, tmp_path: Path
+) -> None:
+    """Issue 13's case: with the entry cached in both workers, a write through the proxy (Query or SDK, by
+    name, ARN or partial ARN) is followed by reads through both workers, none of which may be stale."""
+    from tests.integration.test_sdk import sdk_client
+
+    direct = emulator.direct()
+    name = unique("workers")
+    arn = direct.create_secret(Name=name, SecretString="v0")["ARN"]
+    upstream = {"endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
+    path = workers_config(tmp_path, upstream, credentials={"role_arn": DEMO_ROLE_ARN, "role_session_name": "cache-workers"})
+    with ProxyProcess(["--config", path, "--workers", "2"], tmp_path) as proxy:
+        port, admins = two_workers(proxy)
+        sdk = sdk_client(f"http://127.0.0.1:{port}")
+        writes = [("query", name), ("sdk", arn), ("query", arn[:-7]), ("sdk", name), ("query", arn)]
+        for n, (kind, secret_id) in enumerate(writes):
+            current, after = f"v{n}", f"v{n + 1}"
+            read_through_every_worker(port, admins, name, current)  # cached in both workers now
+            assert all(metric_sum(a, "query_signing_proxy_cache_entries ") >= 1 for a in admins)
+            if kind == "query":
+                target = f"/?Action=PutSecretValue&SecretId={quote(secret_id, safe='')}&SecretString={after}"
+                assert raw_request(port, "GET", target + "&Version=2017-10-17").status == 200
+            else:
+                sdk.put_secret_value(SecretId=secret_id, SecretString=after)
+            read_through_every_worker(port, admins, name, after)
+        assert all(metric_sum(a, 'query_signing_proxy_cache_hits_total{freshness="fresh"}') > 0 for a in admins)
+        assert proxy.stop() == 0
+
+
+def test_workers_a_read_in_flight_in_one_worker_is_not_kept_after_a_write_through_the_other(
+    tls: tuple[ssl.SSLContext, str], tmp_path: Path
+) -> None:
+    """Worker B has a miss in flight (its answer, read before the write, held back at the upstream) when a
+    write goes through worker A: reads after the write, through B too, must not wait for that read or get
+    its value, and once it lands B must not keep it."""
+    server_ctx, ca_file = tls
+    upstream = FakeSecretsManager(key=ACCESS_KEY)
+    with ServerThread(upstream.app, ssl_context=server_ctx, shutdown_timeout=0.5) as server:
+        upstream.server = server
+        path = workers_config(tmp_path, {"endpoint_url": server.url, "ca_bundle": ca_file, "max_attempts": 1})
+        with ProxyProcess(["--config", path, "--workers", "2"], tmp_path, proxy_environ()) as proxy:
+            port, admins = two_workers(proxy)
+            upstream.hold()
+            with ThreadPoolExecutor(1) as pool:
+                early = pool.submit(read, port, "app/db")
+                poll(lambda: len(upstream.held) == 1, 30, "the first read to reach the upstream")
+                busy = [metric_sum(a, "query_signing_proxy_requests_in_flight ") for a in admins]
+                assert sorted(busy) == [0, 1]
+                b, a = (admins[0], admins[1]) if busy[0] else (admins[1], admins[0])
+                upstream.holding = False  # only the first read stays held
+                written = 0
+                while metric_sum(a, 'query_signing_proxy_requests_total{action="PutSecretValue"') == 0:
+                    written += 1  # until one lands on A (the kernel picks; those landing on B count too)
+                    assert written < 64
+                    target = f"/?Action=PutSecretValue&SecretId=app%2Fdb&SecretString=w{written}&Version=2017-10-17"
+                    assert raw_request(port, "GET", target).status == 200
+                latest = f"w{written}"
+                read_through_every_worker(port, admins, "app/db", latest)
+                upstream.release(0)
+                assert early.result(30) == (200, "v1")  # in flight when the write landed: answered as read
+            read_through_every_worker(port, admins, "app/db", latest)  # and not kept by B
+            assert metric_sum(b, 'query_signing_proxy_cache_hits_total{freshness="fresh"}') > 0
+            assert proxy.stop() == 0
+
+
+def test_a_write_through_a_route_is_seen_by_the_main_listeners_cache(emulator: Any, demo_env: None) -> None:
+    """Two listeners of one process fronting the same Secrets Manager (``routes:``), each with its own cache:
+    they share the stamp table, so a write through one leaves no stale read on the other."""
+    from tests.serving import Served
+    from tests.support import proxy_config
+
+    upstream = {"region": REGION, "endpoint_url": emulator.url, "ca_bundle": emulator.ca_file}
+    cfg = proxy_config(
+        emulator.server,
+        cache={"enabled": True},
+        policy={"allow_actions": ["*"]},
+        routes=[{"port": 0, "upstream": upstream, "policy": {"allow_actions": ["*"]}}],
+    )
+    name = unique("route")
+    emulator.direct().create_secret(Name=name, SecretString="v1")
+    with Served(cfg) as served:
+        main, route = served.port, served.route_ports[0]
+        assert value(main, name) == "v1" and value(main, name) == "v1"  # cached by the main listener
+        target = f"/?Action=PutSecretValue&SecretId={quote(name, safe='')}&SecretString=v2&Version=2017-10-17"
+        assert raw_request(route, "GET", target).status == 200
+        assert value(main, name) == "v2"

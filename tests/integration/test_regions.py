@@ -91,3 +91,21 @@ def test_any_other_region_is_refused(start_proxy: Any) -> None:
     doc = json.loads(r.body)
     assert (r.status, doc["__type"]) == (400, "InvalidRequestException")
     assert "evil-region-9" in doc["message"] and REGION in doc["message"]
+
+
+def test_a_listing_token_is_bound_to_its_region(start_proxy: Any, emulator: Any) -> None:
+    """Under ``allow_secrets`` the proxy pages listings itself with its own NextToken: one handed out for a
+    region's listing continues that listing only, never another region's."""
+    prefix = f"regions-list/{uuid.uuid4().hex[:8]}"
+    for i in range(3):
+        emulator.direct(region=OTHER).create_secret(Name=f"{prefix}/{i}", SecretString="x")
+    proxy = start_proxy(policy={"allow_actions": ["*"], "allow_secrets": [f"{prefix}/*"]}, upstream={"regions": [OTHER]})
+    eu = sdk_client(proxy.url, region=OTHER)
+    filters = [{"Key": "name", "Values": [prefix]}]
+    first = eu.list_secrets(MaxResults=1, Filters=filters)
+    assert [s["Name"] for s in first["SecretList"]] == [f"{prefix}/0"] and first.get("NextToken")
+    following = eu.list_secrets(MaxResults=1, Filters=filters, NextToken=first["NextToken"])
+    assert [s["Name"] for s in following["SecretList"]] == [f"{prefix}/1"]
+    with pytest.raises(ClientError) as refused:
+        sdk_client(proxy.url, region=REGION).list_secrets(MaxResults=1, Filters=filters, NextToken=first["NextToken"])
+    assert refused.value.response["Error"]["Code"] == "InvalidNextTokenException"

@@ -67,9 +67,8 @@ def test_workers_share_the_port_each_with_its_own_admin_port(start_fault, certs,
         assert all(line["pid"] != proxy.process.pid for line in lines)  # the parent only supervises
         port, admin_ports = lines[0]["port"], [line["admin_port"] for line in lines]
         assert len(set(admin_ports)) == 2
-        for admin_port in admin_ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=5) as resp:
-                assert resp.status == 200
+        for admin_port in admin_ports:  # ready once each worker holds its credentials (fetched after listening)
+            proxy.wait_status(f"http://127.0.0.1:{admin_port}/readyz", 200)
         statuses = [raw_request(port, "GET", GET, timeout=10).status for _ in range(40)]  # 40 connections
         assert statuses == [200] * 40
         per_worker = [requests_counted(p) for p in admin_ports]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import botocore.session
@@ -16,6 +17,7 @@ from proxy.config import CacheConfig
 from proxy.metrics import Metrics
 from proxy.models import Operation, UpstreamResponse
 from proxy.shapes import SECRET_ID_SHAPES, is_read_operation
+from proxy.stamps import StampTable
 from proxy.translate import Translator, secret_ids
 from tests.clocks import ManualClock
 
@@ -113,11 +115,14 @@ def batch(*ids: str, **more: str) -> Operation:
 
 
 class Fixture:
-    def __init__(self, **cfg: Any) -> None:
+    """One worker's cache; ``stamps`` and ``upstream`` given to share them with another worker's."""
+
+    def __init__(self, stamps: StampTable | None = None, upstream: Upstream | None = None, **cfg: Any) -> None:
         self.clock = ManualClock(1000.0)
         self.metrics = Metrics.create()
-        self.cache = SecretCache(CacheConfig(**{"enabled": True, **cfg}), self.metrics, clock=self.clock)
-        self.upstream = Upstream()
+        config = CacheConfig(**{"enabled": True, **cfg})
+        self.cache = SecretCache(config, self.metrics, clock=self.clock, stamps=stamps)
+        self.upstream = upstream or Upstream()
 
     async def ask(self, operation: Operation, cache_control: str | None = None) -> UpstreamResponse:
         return await self.cache.answer(operation, cache_control, self.upstream.fetch(operation))
@@ -376,6 +381,97 @@ async def test_a_read_in_flight_when_a_write_lands_is_answered_but_not_stored(f:
     await early  # answered after the write, with what it read before it: not stored over the newer value
     assert await f.value("app/db") == "v2"
     assert f.upstream.count() == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# several workers: two caches sharing one stamp table (as the workers of --workers share it after the fork)
+
+
+@pytest.fixture
+def workers() -> tuple[Fixture, Fixture]:
+    a = Fixture(ttl_seconds=300, max_entries=100)
+    assert a.cache.stamps is not None
+    return a, Fixture(stamps=a.cache.stamps, upstream=a.upstream, ttl_seconds=300, max_entries=100)
+
+
+def put(secret_id: str, value: str) -> Operation:
+    operation = write("PutSecretValue", secret_id)
+    operation.input["SecretString"] = value
+    return operation
+
+
+@pytest.mark.parametrize("form", ["name", "arn", "partial arn"])
+async def test_a_write_through_one_worker_empties_every_workers_entry(
+    workers: tuple[Fixture, Fixture], form: str
+) -> None:
+    a, b = workers
+    arn = a.upstream.arns["app/db"]
+    for reader in (a, b, b):
+        assert await reader.value(arn if reader is b else "app/db") == "v1"
+    assert a.upstream.count() == 2  # each worker fetched once; b's second read was a hit
+    await a.ask(put({"name": "app/db", "arn": arn, "partial arn": arn[:-7]}[form], "v2"))
+    assert await b.value(arn) == "v2" and await b.value("app/db") == "v2"
+    assert b.metric("cache_evictions_total", reason="invalidated") == 1
+    assert await b.value("app/api") == "k1" and a.upstream.count() == 4
+
+
+async def test_a_write_naming_no_secret_empties_every_worker(workers: tuple[Fixture, Fixture]) -> None:
+    a, b = workers
+    await b.value("app/db")
+    await b.value("app/api")
+    await a.ask(Operation("ValidateResourcePolicy", {"ResourcePolicy": "{}"}, (), is_read=False, retryable=False))
+    await b.value("app/db")
+    await b.value("app/api")
+    assert a.upstream.count() == 4
+
+
+async def test_another_workers_read_in_flight_neither_stores_nor_is_joined_after_a_write(
+    workers: tuple[Fixture, Fixture],
+) -> None:
+    a, b = workers
+    a.upstream.hold()
+    early = asyncio.ensure_future(b.value("app/db"))  # reads v1 upstream; its answer is held back
+    await until(lambda: len(a.upstream.held) == 1)
+    await a.ask(put("app/db", "v2"))  # through the other worker, while b's read is in flight
+    late = asyncio.ensure_future(b.value("app/db"))  # must not join the read that began before the write
+    await until(lambda: len(a.upstream.held) == 2)
+    a.upstream.held[1].set()
+    assert await late == "v2"
+    a.upstream.held[0].set()
+    assert await early == "v1"  # concurrent with the write, so answered; but not kept over v2
+    assert await b.value("app/db") == "v2"
+    assert a.upstream.count() == 2
+
+
+async def test_an_entry_stored_after_a_write_is_kept(workers: tuple[Fixture, Fixture]) -> None:
+    a, b = workers
+    await a.ask(put("app/db", "v2"))
+    assert await b.value("app/db") == "v2"
+    assert await b.value("app/db") == "v2"
+    assert a.upstream.count() == 1
+
+
+def test_the_stamp_table_is_shared_with_forked_processes() -> None:
+    """The real thing the workers rely on: a store in a forked child is read by the parent."""
+    table = StampTable()
+    seen = table.snapshot(["app/db"])
+    pid = os.fork()
+    if pid == 0:  # the child: a write through "another worker"
+        try:
+            table.bump(["arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbCdEf"])
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert not table.current(seen)
+    assert table.current(table.snapshot(["app/db"]))
+
+
+def test_name_forms_cover_every_way_of_naming_a_secret() -> None:
+    from proxy.stamps import name_forms
+
+    assert name_forms("app/db") == {"app/db"}
+    assert {"app/db", "app/db-AbCdEf"} <= name_forms(f"{PREFIX}app/db-AbCdEf")
+    assert "app/my-secret" in name_forms(f"{PREFIX}app/my-secret")  # a partial ARN that ends like a suffix
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -57,7 +57,20 @@ def test_each_region_has_its_own_endpoint_transport_and_cache() -> None:
     assert eu.endpoint.url == "https://secretsmanager.eu-west-1.amazonaws.com"  # botocore's regional endpoint
     transports = svc.transports()
     assert len(transports) == 3 and len({id(t) for t in transports}) == 3  # one connection pool per region
-    assert len({id(c) for c in svc.caches()}) == 3
+    caches = [svc.regional(r).cache for r in ("us-east-1", "eu-west-1", "ap-southeast-2")]
+    assert len({id(c) for c in caches}) == 3  # the region is part of the cache key ...
+    assert all(c.stamps is svc.cache.stamps for c in caches)  # ... and a write stamps a name in every region
+
+
+def test_each_region_pages_listings_with_its_own_tokens() -> None:
+    cfg: Config = build(
+        Config, {"upstream": {"region": "us-east-1", "regions": ["eu-west-1"]}, "policy": {"allow_secrets": ["a/*"]}}
+    )
+    check(cfg)
+    shared = Shared(cfg, CredentialManager(static_fetch("k", "s")), Metrics.create(), Lifecycle())
+    svc = build_service(cfg, botocore.session.get_session(), shared)
+    own, eu = svc.regional(None).listings, svc.regional("eu-west-1").listings
+    assert own is not None and eu is not None and own is not eu  # a token names the endpoint it pages
 
 
 def test_a_region_not_served_is_refused_naming_both() -> None:
