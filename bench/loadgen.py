@@ -101,7 +101,9 @@ def run_wrk(load: Load) -> Result:
     if not m:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     requests, seconds = int(m[1]), float(m[2]) * _UNITS[m[3]]
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if "50" not in pct or "99" not in pct:
+        raise RuntimeError(f"no latency percentiles in wrk's output:\n{out}")
     errors = 0
     for pattern in (
         r"Non-2xx or 3xx responses: (\d+)",

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
@@ -27,7 +28,7 @@ import botocore.exceptions
 import botocore.session
 from aiohttp import web
 
-from . import __version__
+from . import __version__, sharedstore
 from .agent import AGENT_LISTENER, AgentListener, agent_listener
 from .attempts import AttemptPolicy, RetryQuota
 from .cache import SecretCache
@@ -36,17 +37,19 @@ from .credentials import CredentialManager, Fetch, build_fetch
 from .dispatch import PROTOCOLS, handle
 from .endpoints import resolve_endpoint
 from .guard import CredentialGuard
-from .handler import SERVICE
+from .h1client import H1Upstream
+from .handler import SERVICE, call_upstream
 from .listing import Listings, PageTokens
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, query_middleware
-from .models import Endpoint
+from .models import Endpoint, Operation, UpstreamResponse
 from .policy import Policy
 from .service import Regional, Service
+from .sharedstore import SharedStore
 from .signing import ClockSkew
 from .stamps import StampTable
 from .translate import InputLimits, Translator
-from .upstream import AiohttpUpstream, Upstream
+from .upstream import Upstream
 from .validate import RuleSettings
 
 log = logging.getLogger("proxy")
@@ -80,7 +83,19 @@ class Shared:
     # the secret cache's stamp table (proxy/stamps.py), one for every listener's cache: a write through a
     # route is seen by the main listener's cache too; made here too, before the fork
     stamps: StampTable = field(default_factory=StampTable)
+    # what the workers of --workers share of the cache's refresh-ahead (proxy/sharedstore.py), one for every
+    # listener's cache too; None with one process
+    cache_store: SharedStore | None = None
     retry_quota: RetryQuota = field(default_factory=RetryQuota)  # the retry budget, one per process
+
+
+def cache_store(cfg: Config, workers: int) -> SharedStore | None:
+    """The :class:`~proxy.sharedstore.SharedStore` for ``workers`` processes forked from this one: None for one
+    process, with the cache or its refresh-ahead off, or where the platform has no ``memfd_create``."""
+    cache = cfg.cache
+    if workers <= 1 or not cache.enabled or not cache.refresh_ahead or not sharedstore.available():
+        return None
+    return SharedStore(cache.max_entries, cache.max_bytes, cache.ttl_seconds)
 
 
 SHARED = web.AppKey("shared", Shared)
@@ -140,21 +155,30 @@ def create_app(
     resolver: aiohttp.abc.AbstractResolver | None = None,
     clock: Callable[[], float] = time.time,
     shared: Shared | None = None,
+    workers: int = 1,
 ) -> web.Application:
     """Build the Query listener's application.
 
     ``session`` is the botocore session (default: a fresh one from the environment); ``fetch`` replaces the
     credential fetch (default: :func:`~proxy.credentials.build_fetch` on the config); ``upstream`` replaces
     the aiohttp transport (tests of pure pipeline logic); ``resolver`` is the DNS resolver of the aiohttp
-    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages. Raises ConfigError for
-    what can only be checked against botocore (service, endpoint, operation names in the policy).
+    transport; ``clock`` is epoch seconds for credential expiry and secret cache ages; ``workers`` is the number
+    of processes that will be forked from this one to serve it (``--workers``: above 1, the secret cache
+    gets the memory they share for refresh-ahead). Raises ConfigError for what can only be checked against
+    botocore (service, endpoint, operation names in the policy).
     """
     session = session or botocore_session()
     if shared is None:
         credentials = CredentialManager(
             fetch or build_fetch(session, cfg.credentials, cfg.upstream, clock), clock=clock
         )
-        shared = Shared(config=cfg, credentials=credentials, metrics=Metrics.create(), lifecycle=Lifecycle())
+        shared = Shared(
+            config=cfg,
+            credentials=credentials,
+            metrics=Metrics.create(),
+            lifecycle=Lifecycle(),
+            cache_store=cache_store(cfg, workers),
+        )
     service = build_service(cfg, session, shared, upstream=upstream, resolver=resolver, clock=clock)
     app = _listener_app(cfg, shared, service)
     if cfg.admin.host is None:
@@ -225,7 +249,7 @@ def build_service(
     policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy", service=up.service)
 
     def transport() -> Upstream:
-        return upstream or AiohttpUpstream(
+        return upstream or H1Upstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
             connect_timeout=up.connect_timeout_seconds,
             read_timeout=up.read_timeout_seconds,
@@ -235,6 +259,17 @@ def build_service(
             user_agent=f"query-signing-proxy/{__version__}",
         )
 
+    def secret_cache() -> SecretCache:
+        # a refresh may take a DescribeSecret and a GetSecretValue, each within the upstream's total timeout
+        return SecretCache(
+            cfg.cache,
+            shared.metrics,
+            clock=clock,
+            stamps=shared.stamps,
+            shared=shared.cache_store,
+            lease_seconds=2 * up.total_timeout_seconds,
+        )
+
     # upstream.regions: each region its own endpoint resolution, connection pool, cache entries and listings
     regions: dict[str, Regional] = {}
     for i, region in enumerate(up.regions):
@@ -242,12 +277,10 @@ def build_service(
             continue
         regional = resolve_endpoint(session, replace(up, region=region), key=f"{prefix}upstream.regions[{i}]")
         regions[region] = Regional(
-            regional,
-            transport(),
-            SecretCache(cfg.cache, shared.metrics, clock=clock, stamps=shared.stamps),
-            listings(cfg, translator, policy, regional, shared.page_token_key),
+            regional, transport(), secret_cache(), listings(cfg, translator, policy, regional, shared.page_token_key)
         )
-    return Service(
+    cache = secret_cache()
+    service = Service(
         upstream_cfg=up,
         limits=cfg.limits,
         endpoint=endpoint,
@@ -260,11 +293,25 @@ def build_service(
         metrics=shared.metrics,
         clock_skew=shared.clock_skew,
         retry_quota=shared.retry_quota,
-        cache=SecretCache(cfg.cache, shared.metrics, clock=clock, stamps=shared.stamps),
+        cache=cache,
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
-        regions=regions,
         listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
+        regions=regions,
     )
+    cache.call = functools.partial(call_upstream, service)
+    for region, regional_service in regions.items():
+        regional_service.cache.call = region_call(service, region)  # its refreshes go to its own region
+    return service
+
+
+def region_call(service: Service, region: str) -> Callable[[Operation], Awaitable[UpstreamResponse]]:
+    """A region's secret cache's upstream call (refresh-ahead, version checks): the cache builds its
+    operations without a region; they are sent to ``region``'s endpoint."""
+
+    async def call(operation: Operation) -> UpstreamResponse:
+        return await call_upstream(service, replace(operation, region=region))
+
+    return call
 
 
 def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endpoint, key: bytes) -> Listings | None:
@@ -282,8 +329,7 @@ def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endp
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     shared = app[SHARED]
     service = app[SERVICE]
-    for transport in service.transports():
-        await transport.start()
+    await start_service(service)
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
     shared.metrics.retry_quota_tokens.set_function(lambda: shared.retry_quota.available)
@@ -291,9 +337,27 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        for cache in service.caches():
+            await cache.close()
         await shared.credentials.close()
         for transport in service.transports():
             await transport.aclose()
+
+
+async def start_service(service: Service) -> None:
+    """Start every transport of the service (one per region) and every secret cache's refresher."""
+    for transport in service.transports():
+        await transport.start()
+    for cache in service.caches():
+        cache.start()
+
+
+async def close_service(service: Service) -> None:
+    """Stop the secret caches' refreshers, then close the transports."""
+    for cache in service.caches():
+        await cache.close()
+    for transport in service.transports():
+        await transport.aclose()
 
 
 async def _agent_listener_drained(app: web.Application) -> AsyncIterator[None]:
@@ -307,13 +371,11 @@ async def _agent_listener_drained(app: web.Application) -> AsyncIterator[None]:
 async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """A route's listener opens and closes only its own transport; the main listener owns the credentials."""
     service = app[SERVICE]
-    for transport in service.transports():
-        await transport.start()
+    await start_service(service)
     try:
         yield
     finally:
-        for transport in service.transports():
-            await transport.aclose()
+        await close_service(service)
 
 
 # ---------------------------------------------------------------------------------------------------------

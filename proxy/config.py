@@ -109,7 +109,10 @@ class CacheConfig:
     enabled: bool = False
     ttl_seconds: float = field(default=300, metadata=_range(1, 3600))
     max_entries: int = field(default=1000, metadata=_range(1, 1000000))
+    max_bytes: int = field(default=16 * 1024 * 1024, metadata=_range(1024, 1024**3))
     serve_stale_seconds: float = field(default=0, metadata=_range(0, 86400))
+    refresh_ahead: bool = True
+    version_check: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,14 @@ def upstream_call(
     return call
 
 
+async def call_upstream(service: Service, operation: Operation) -> UpstreamResponse:
+    """An upstream call the proxy makes on its own (the secret cache's refresh-ahead and version checks):
+    signed and sent with retries as a request's is, counted in the upstream metrics, with no client and no
+    access line. Raises what :func:`send_upstream` raises."""
+    ctx = RequestContext(action=operation.name, secret_ids=operation.secret_ids)
+    return await send_upstream(service, ctx, operation, *service.translator.json_request(operation))
+
+
 async def send_upstream(
     service: Service,
     ctx: RequestContext,

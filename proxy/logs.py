@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import json
+import json.encoder
 import logging
+import math
 import re
 import sys
 from typing import Any
 
 # Attributes every LogRecord has; anything else given through ``extra=`` is context for the JSON line.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "taskName",
-}
+_RECORD = vars(logging.LogRecord("", 0, "", 0, "", None, None))
+_STANDARD = frozenset(_RECORD) | {"message", "asctime", "taskName"}
+# LogRecord.__init__ sets these first; ``extra=`` (Logger.makeRecord) and formatters only add after them.
+_RECORD_ATTRIBUTES = len(_RECORD)
 
 NOISY_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer")
 
@@ -58,6 +60,19 @@ _TRIGGER = re.compile(
 
 def scrub(text: str) -> str:
     """Remove signatures, tokens, secret keys and secret values from a log line."""
+    if text.isascii():
+        # a cheaper superset of _TRIGGER for ASCII text (where case-insensitive means ASCII case only): each
+        # of its alternatives holds one of these words
+        low = text.lower()
+        if not (
+            "token" in low
+            or "secret" in low
+            or "signature" in low
+            or "authorization" in low
+            or "akia" in low
+            or "asia" in low
+        ):
+            return text
     if _TRIGGER.search(text) is None:
         return text
     return scrub_all(text)
@@ -82,6 +97,23 @@ def _scrubbed(value: Any) -> Any:
 
 # json.dumps(..., default=..., ensure_ascii=False) builds an encoder per call; one is enough.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=lambda value: scrub(str(value)))
+# the C string escaper that encoder uses (ensure_ascii=False): quotes, backslashes and control characters
+_STRING = json.encoder.encode_basestring
+
+
+def _json_value(value: Any) -> str:
+    """``value`` scrubbed and as JSON text, exactly as ``_ENCODER.encode(_scrubbed(value))`` writes it; the
+    types of an access line's values (str, int, float, None) without the encoder's per-call set-up."""
+    kind = type(value)
+    if kind is str:
+        return _STRING(scrub(value))
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _ENCODER.encode(_scrubbed(value))
 
 
 class _Clock:
@@ -110,6 +142,8 @@ class JSONFormatter(logging.Formatter):
         self._clock = _Clock()
 
     def format(self, record: logging.LogRecord) -> str:
+        if type(record) is AccessRecord:
+            return self._access_line(record)
         line: dict[str, Any] = {
             "time": self._clock.iso(record.created),
             "level": record.levelname.lower(),
@@ -117,13 +151,69 @@ class JSONFormatter(logging.Formatter):
         if record.name != "proxy.access":
             line["message"] = record.getMessage()
             line["logger"] = record.name
-        for key, value in vars(record).items():
+        for key, value in itertools.islice(vars(record).items(), _RECORD_ATTRIBUTES, None):
             if key not in _STANDARD:
                 line[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__
-        # Scrubbed value by value, before encoding: a pattern never cuts through JSON's own quoting.
-        return _ENCODER.encode(_scrubbed(line))
+        # Scrubbed value by value, before encoding: a pattern never cuts through JSON's own quoting. The same
+        # text as _ENCODER.encode(_scrubbed(line)) (tests/unit/test_logs.py holds them equal).
+        return "{" + ", ".join([f"{_STRING(key)}: {_json_value(value)}" for key, value in line.items()]) + "}"
+
+    def _access_line(self, r: AccessRecord) -> str:
+        """The access line from a prepared template: the text the general path writes for the same record
+        (tests/unit/test_logs.py holds them equal), without building and walking a dict."""
+        return (
+            f'{{"time": "{self._clock.iso(r.created)}", "level": {_STRING(r.levelname.lower())}, '
+            f'"request_id": {_json_value(r.request_id)}, "action": {_json_value(r.action)}, '
+            f'"secret_id": {_json_value(r.secret_id)}, "status": {_json_value(r.status)}, '
+            f'"upstream_status": {_json_value(r.upstream_status)}, "duration_ms": {_json_value(r.duration_ms)}, '
+            f'"attempts": {_json_value(r.attempts)}}}'
+        )
+
+
+class AccessRecord(logging.LogRecord):
+    """The access line's record (INFO on ``proxy.access``, message ``request``): the request's fields are
+    attributes, as ``extra=`` would set them, and :class:`JSONFormatter` writes it from a template."""
+
+    def __init__(
+        self,
+        name: str,
+        request_id: str,
+        action: str | None,
+        secret_id: str | list[str] | None,
+        status: int,
+        upstream_status: int | None,
+        duration_ms: float,
+        attempts: int,
+    ) -> None:
+        super().__init__(name, logging.INFO, "", 0, "request", None, None)
+        self.request_id = request_id
+        self.action = action
+        self.secret_id = secret_id
+        self.status = status
+        self.upstream_status = upstream_status
+        self.duration_ms = duration_ms
+        self.attempts = attempts
+
+
+def access(
+    logger: logging.Logger,
+    request_id: str,
+    action: str | None,
+    secret_id: str | list[str] | None,
+    status: int,
+    upstream_status: int | None,
+    duration_ms: float,
+    attempts: int,
+) -> None:
+    """Write one request's access line (docs/operations.md, "Logs"): an :class:`AccessRecord` through
+    ``logger`` (``proxy.access``) when it logs INFO. ``duration_ms`` is milliseconds, ``attempts`` the
+    upstream attempts (0 when none was made), ``status`` what the client got."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.handle(
+            AccessRecord(logger.name, request_id, action, secret_id, status, upstream_status, duration_ms, attempts)
+        )
 
 
 def emit(logger: logging.Logger, level: int, message: str, extra: dict[str, Any]) -> None:

@@ -29,6 +29,9 @@ class Metrics:
     cache_misses: Counter
     cache_evictions: Counter
     cache_entries: Gauge
+    cache_bytes: Gauge
+    cache_refreshes: Counter
+    cache_version_checks: Counter
     retries_refused: Counter
     retry_quota_tokens: Gauge
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict, repr=False, compare=False)
@@ -94,11 +97,24 @@ class Metrics:
             ),
             cache_evictions=Counter(
                 f"{PREFIX}_cache_evictions",
-                "Cache entries removed, by reason (capacity, expired, invalidated)",
+                "Cache entries removed, by reason (capacity, bytes, expired, invalidated)",
                 ["reason"],
                 registry=r,
             ),
             cache_entries=Gauge(f"{PREFIX}_cache_entries", "Secret values held in the cache", registry=r),
+            cache_bytes=Gauge(f"{PREFIX}_cache_bytes", "Bytes of the answers held in the cache", registry=r),
+            cache_refreshes=Counter(
+                f"{PREFIX}_cache_refreshes",
+                "Refresh-ahead of cache entries, by result (fetched, unchanged, adopted, failed, discarded)",
+                ["result"],
+                registry=r,
+            ),
+            cache_version_checks=Counter(
+                f"{PREFIX}_cache_version_checks",
+                "DescribeSecret calls made at refresh (cache.version_check), by result (unchanged, changed, error)",
+                ["result"],
+                registry=r,
+            ),
             retries_refused=Counter(
                 f"{PREFIX}_retries_refused",
                 "Upstream retries not made because the process's retry budget was spent",

@@ -202,19 +202,15 @@ def query_middleware(
             action = ctx.action or "-"
             metrics.child(metrics.requests, action, code).inc()
             metrics.child(metrics.request_duration, action).observe(elapsed)
-            logs.emit(
+            logs.access(
                 access_log,
-                logging.INFO,
-                "request",
-                {
-                    "request_id": ctx.request_id,
-                    "action": ctx.action,
-                    "secret_id": _secret_field(ctx.secret_ids),
-                    "status": status,
-                    "upstream_status": ctx.upstream_status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "attempts": ctx.attempts,
-                },
+                ctx.request_id,
+                ctx.action,
+                _secret_field(ctx.secret_ids),
+                status,
+                ctx.upstream_status,
+                round(elapsed * 1000, 2),
+                ctx.attempts,
             )
         return response
 

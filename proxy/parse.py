@@ -122,17 +122,22 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
     MalformedQueryString when aiohttp's HTTP parser finds the body's framing broken while it is read;
     RequestTimeout when the whole body has not arrived within :data:`BODY_TIMEOUT_SECONDS`.
     """
-    too_large = errors.RequestEntityTooLarge(f"the request body is over limits.max_body_bytes ({max_body_bytes} bytes)")
     declared = request.content_length
     if declared is not None and declared > max_body_bytes:
-        raise too_large
+        raise _too_large(max_body_bytes)
+    content = request.content
+    if content.is_eof() and content.exception() is None:  # the whole body came with the head: no wait, no timer
+        whole = content.read_nowait()
+        if len(whole) > max_body_bytes:
+            raise _too_large(max_body_bytes)
+        return whole
     body = bytearray()
     try:
         async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 body += chunk
                 if len(body) > max_body_bytes:
-                    raise too_large
+                    raise _too_large(max_body_bytes)
     except TimeoutError:  # aiohttp discards what may still come of the body (lingering close), then closes
         raise errors.RequestTimeout(
             f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:g} s "
@@ -141,6 +146,10 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
     except (web.RequestPayloadError, HttpProcessingError) as exc:
         raise errors.MalformedQueryString(f"the request body could not be read: {type(exc).__name__}") from None
     return bytes(body)
+
+
+def _too_large(max_body_bytes: int) -> errors.RequestEntityTooLarge:
+    return errors.RequestEntityTooLarge(f"the request body is over limits.max_body_bytes ({max_body_bytes} bytes)")
 
 
 def query_request(method: str, raw_query: bytes, body: bytes | None, max_parameters: int | None = None) -> QueryRequest:

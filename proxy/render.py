@@ -4,10 +4,13 @@
 output shape generically; per request that costs ~50 µs on the development machine (a handler looked up by
 name for every value, the serialization names read again at every member). A :class:`Plan` does the same
 walk compiled once per operation: for each structure the members in model order with their wire names and
-renderers, for each list its item renderer, for each scalar its formatter. It renders straight from
-``json.loads`` (botocore's JSON parser is the identity on well-formed Secrets Manager answers: it keeps
+renderers, for each list its item renderer, for each scalar its formatter. It renders straight from the
+parsed JSON (botocore's JSON parser is the identity on well-formed Secrets Manager answers: it keeps
 members of the shape that are not null, and timestamps and blobs are kept as sent), and applies
-``policy.allow_secrets``' filter (:func:`proxy.translate.visible_output`) as it goes.
+``policy.allow_secrets``' filter (:func:`proxy.translate.visible_output`) as it goes. The JSON is parsed by
+``orjson`` (~1.3 µs for a 1 KiB answer against ~4 µs with ``json``); where the two could differ -- an
+integer past 64 bits (orjson gives a float: an integer member then falls back), ``NaN``, a lone surrogate
+(orjson refuses them) -- the answer goes to the generic path, which parses with ``json`` as before.
 
 It answers only what it is sure of. Anything botocore's parser would read differently or refuse (a value of
 another type than the shape's, a null list item or map value, a tagged union, a document), a character XML
@@ -19,10 +22,10 @@ both on generated answers of every operation of the model.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
 from . import errors
@@ -71,8 +74,8 @@ class Plan:
         parsing the whole answer).
         """
         try:
-            doc = json.loads(body.decode("utf-8")) if body else {}
-        except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's limit
+            doc = orjson.loads(body) if body else {}
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError: nested too deeply
             raise Fallback from None
         if type(doc) is not dict:
             raise Fallback

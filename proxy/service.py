@@ -74,6 +74,10 @@ class Service:
             )
         return found
 
+    def caches(self) -> list[SecretCache]:
+        """The secret cache of every region served (their refreshers start and stop with the listener)."""
+        return [self.cache, *(regional.cache for regional in self.regions.values())]
+
     def transports(self) -> list[Upstream]:
         """Every distinct transport of the service (the lifecycle starts and closes each once)."""
         out = [self.upstream]

@@ -52,6 +52,21 @@ _AIOHTTP_ERRORS: dict[type[BaseException], type[errors.ProxyError]] = {
 }
 
 
+def unresolvable(host: str) -> errors.UpstreamUnresolvable:
+    """The error for an upstream host name that does not resolve (not a temporary failure)."""
+    return errors.UpstreamUnresolvable(
+        f"the upstream host {host} does not resolve; check upstream.endpoint_url and upstream.region"
+    )
+
+
+def certificate_invalid(host: str) -> errors.UpstreamCertificateInvalid:
+    """The error for an upstream TLS certificate that does not verify."""
+    return errors.UpstreamCertificateInvalid(
+        f"the TLS certificate of the upstream host {host} does not verify "
+        "(trusted CAs: upstream.ca_bundle, else AWS_CA_BUNDLE, else the system store)"
+    )
+
+
 @contextlib.contextmanager
 def upstream_errors() -> Iterator[None]:
     """Translate aiohttp's exceptions (:data:`_AIOHTTP_ERRORS`). A host name that does not resolve and a
@@ -63,14 +78,24 @@ def upstream_errors() -> Iterator[None]:
         except aiohttp.ClientConnectorDNSError as exc:
             if isinstance(exc.os_error, OSError) and exc.os_error.errno == socket.EAI_AGAIN:
                 raise errors.BadGateway(f"the upstream host {exc.host} did not resolve (temporary failure)") from exc
-            raise errors.UpstreamUnresolvable(
-                f"the upstream host {exc.host} does not resolve; check upstream.endpoint_url and upstream.region"
-            ) from exc
+            raise unresolvable(exc.host) from exc
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise errors.UpstreamCertificateInvalid(
-                f"the TLS certificate of the upstream host {exc.host} does not verify "
-                "(trusted CAs: upstream.ca_bundle, else AWS_CA_BUNDLE, else the system store)"
-            ) from exc
+            raise certificate_invalid(exc.host) from exc
+
+
+def proxy_for(url: str) -> dict[str, object]:
+    """The outbound proxy for ``url`` from ``HTTPS_PROXY`` / ``NO_PROXY`` (and ``~/.netrc`` for its
+    credentials), as botocore and aiohttp's ``trust_env`` honour them: aiohttp's ``request()`` arguments
+    (``proxy``, ``proxy_headers``), empty when no proxy applies."""
+    found: dict[str, object] = {}
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return found
+    found["proxy"] = proxy
+    if auth is not None:
+        found["proxy_headers"] = {"Proxy-Authorization": auth.encode()}
+    return found
 
 
 _DECODED_AWAY = frozenset({"content-encoding", "content-length"})
@@ -229,24 +254,12 @@ class AiohttpUpstream:
         self._proxies.clear()
 
     def _proxy_args(self, url: str) -> dict[str, object]:
-        """The outbound proxy for ``url`` from ``HTTPS_PROXY`` / ``NO_PROXY`` (and ``~/.netrc`` for its
-        credentials), as botocore and aiohttp's ``trust_env`` honour them, looked up once per URL.
-
-        aiohttp's ``trust_env=True`` does the same lookup in a worker thread on every request (a thread hop,
-        the environment and ``~/.netrc`` read each time); the upstream URLs are few and fixed at start-up.
-        """
+        """:func:`proxy_for` ``url``, looked up once per URL: aiohttp's ``trust_env=True`` does the same lookup
+        in a worker thread on every request (a thread hop, the environment and ``~/.netrc`` read each time);
+        the upstream URLs are few and fixed at start-up."""
         found = self._proxies.get(url)
         if found is None:
-            found = {}
-            try:
-                proxy, auth = get_env_proxy_for_url(URL(url))
-            except LookupError:
-                pass
-            else:
-                found["proxy"] = proxy
-                if auth is not None:
-                    found["proxy_headers"] = {"Proxy-Authorization": auth.encode()}
-            self._proxies[url] = found
+            found = self._proxies[url] = proxy_for(url)
         return found
 
     async def send(self, request: SignedRequest) -> UpstreamResponse:

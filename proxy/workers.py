@@ -151,6 +151,7 @@ def run_workers(
         for sock in held:
             sock.close()
         raise
+    gc.collect()  # start-up's garbage first, so that none of it is frozen for ever
     gc.freeze()  # objects built so far are never scanned again: the collector leaves the shared pages alone
 
     children: dict[int, int] = {}  # pid -> worker index

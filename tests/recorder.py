@@ -8,6 +8,7 @@ TLS: its CA file is the proxy's ``upstream.ca_bundle``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import trustme
 from aiohttp import web
 
@@ -122,3 +124,84 @@ def recorder_config(recorder: RecordingUpstream, **sections: Any) -> Config:
         "upstream": {"region": "us-east-1", "endpoint_url": recorder.url, "ca_bundle": recorder.ca_file},
     }
     return merged_config(data, sections)
+
+
+class CountingRelay:
+    """A real TLS server in front of an upstream (moto's server): forwards each request as it arrived (method,
+    path, headers including Host, body; so a SigV4 signature made for the relay is checked by the upstream as
+    made) and relays the answer, counting the AWS JSON 1.1 operations (``X-Amz-Target``) it forwarded.
+
+    ``with CountingRelay(tmp_dir, moto.url, moto.ca_file) as relay:``; the proxy's ``upstream.endpoint_url``
+    is ``relay.url`` and its ``upstream.ca_bundle`` ``relay.ca_file``, which holds the target's CA too (the
+    proxy verifies STS with the same bundle); ``relay.count("GetSecretValue")``."""
+
+    def __init__(self, workdir: str, target: str, target_ca_file: str) -> None:
+        self.target = target
+        self.calls: dict[str, int] = {}
+        self.delays: dict[str, float] = {}  # operation -> seconds each call is held before it is forwarded
+        self._lock = threading.Lock()
+        ca = trustme.CA()
+        self.ca_file = os.path.join(workdir, "relay-ca.pem")
+        with open(target_ca_file, "rb") as fh:
+            target_ca = fh.read()
+        with open(self.ca_file, "wb") as fh:
+            fh.write(ca.cert_pem.bytes() + b"\n" + target_ca)
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        self._client_ctx = ssl.create_default_context(cafile=target_ca_file)
+        self._server = ServerThread(self._app, ssl_context=server_ctx)
+
+    def _app(self) -> web.Application:
+        session: aiohttp.ClientSession | None = None
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            nonlocal session
+            if session is None:
+                session = aiohttp.ClientSession(auto_decompress=False)
+            operation = request.headers.get("X-Amz-Target", "").partition(".")[2] or "-"
+            with self._lock:
+                self.calls[operation] = self.calls.get(operation, 0) + 1
+            if self.delays.get(operation):
+                await asyncio.sleep(self.delays[operation])
+            headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+            async with session.request(
+                request.method,
+                self.target + request.rel_url.raw_path_qs,
+                headers=headers,
+                data=await request.read(),
+                ssl=self._client_ctx,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            ) as answer:
+                body = await answer.read()
+                kept = [(k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP]
+                return web.Response(status=answer.status, body=body, headers=kept)
+
+        async def close(app: web.Application) -> None:
+            if session is not None:
+                await session.close()
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        app.on_cleanup.append(close)
+        return app
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    def count(self, operation: str) -> int:
+        with self._lock:
+            return self.calls.get(operation, 0)
+
+    def __enter__(self) -> CountingRelay:
+        self._server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.__exit__(*exc)
+
+
+# hop-by-hop and framing headers, which each connection sets for itself
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer", "upgrade"}
+)

@@ -124,7 +124,9 @@ def test_admin_listener_serves_only_admin_and_query_port_serves_no_admin(served:
         assert "query_signing_proxy_" not in body
 
 
-def test_every_series_moves_with_traffic(served: Callable[..., Served], tmp_path_factory: Any) -> None:
+def test_every_series_moves_with_traffic(
+    served: Callable[..., Served], tmp_path_factory: Any, emulator: Emulator
+) -> None:
     proxy = served(policy={"allow_actions": ["*"]}, cache={"enabled": True})
     legacy = legacy_client(f"http://127.0.0.1:{proxy.port}", str(tmp_path_factory.getbasetemp()))
     before = scrape(proxy.admin_port)
@@ -175,13 +177,22 @@ def test_every_series_moves_with_traffic(served: Callable[..., Served], tmp_path
     assert value(again, p + "upstream_attempts_count", action="GetSecretValue") == value(
         after, p + "upstream_attempts_count", action="GetSecretValue"
     )
+    # the held answer's bytes; no refresh or version check came due (their movements: tests/unit/test_cache_refresh.py)
+    size = len(json.dumps(emulator.direct().get_secret_value(SecretId=DEMO_SECRET)["SecretString"]))
+    assert value(again, p + "cache_bytes") > size
+    for result in ("fetched", "unchanged", "adopted", "failed", "discarded"):
+        assert (p + "cache_refreshes_total", frozenset({("result", result)})) in again
+        assert value(again, p + "cache_refreshes_total", result=result) == 0
+    for result in ("unchanged", "changed", "error"):
+        assert value(again, p + "cache_version_checks_total", result=result) == 0
     # the retry budget: no retry was due, the bucket stays full (its movements: tests/integration/test_retries.py)
     assert value(again, p + "retry_quota_tokens") == 500
     assert value(again, p + "retries_refused_total") == 0
     # and nothing the proxy exports was left out above
     checked = {"requests", "request_duration_seconds", "upstream_duration_seconds", "upstream_attempts"}
     checked |= {"requests_in_flight", "credential_refreshes", "credential_expiry_seconds"}
-    checked |= {"cache_hits", "cache_misses", "cache_evictions", "cache_entries"}
+    checked |= {"cache_hits", "cache_misses", "cache_evictions", "cache_entries", "cache_bytes"}
+    checked |= {"cache_refreshes", "cache_version_checks"}
     checked |= {"retries_refused", "retry_quota_tokens"}
     assert {family.name.removeprefix(p) for family in Metrics.create().registry.collect()} == checked
 

@@ -9,6 +9,7 @@ demand: hits, expiry under a controlled clock, single flight and stale answers, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -30,11 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app import create_app
 from proxy.config import Config, build, check
 from proxy.credentials import static_fetch
+from proxy.handler import SERVICE
 from proxy.local import DEMO_ROLE_ARN, REGION
 from tests.faults import ACCESS_KEY, proxy_environ
 from tests.integration.test_workers import listening, metric_sum
 from tests.process import ProxyProcess
-from tests.support import ServerThread, legacy_client, poll, raw_request
+from tests.recorder import CountingRelay
+from tests.support import ServerThread, legacy_client, poll, proxy_config, raw_request
 
 NS = "{https://secretsmanager.amazonaws.com/doc/2017-10-17/}"
 ARN_PREFIX = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
@@ -338,15 +341,16 @@ class Rig:
         self.upstream, self.proxy, self.clock = upstream, proxy, clock
 
 
-@pytest.fixture
-def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
-    """The fake upstream over TLS and the proxy in front of it: ttl 10 s, stale 30 s, one attempt each, a read
-    timeout of 2 s (held answers are released well within it, also on a loaded machine)."""
+@contextlib.contextmanager
+def rigged(tls: tuple[ssl.SSLContext, str], cache: dict[str, Any], **upstream: Any) -> Iterator[Rig]:
+    """The fake upstream over TLS and the proxy in front of it, with ``cache`` and one attempt each;
+    ``upstream`` keys over ``read_timeout_seconds: 2`` (held answers are released well within it, also on a
+    loaded machine) and ``total_timeout_seconds: 5``."""
     server_ctx, ca_file = tls
-    upstream = FakeSecretsManager()
+    fake = FakeSecretsManager()
     clock = Clock()
-    with ServerThread(upstream.app, ssl_context=server_ctx, shutdown_timeout=0.5) as server:
-        upstream.server = server
+    with ServerThread(fake.app, ssl_context=server_ctx, shutdown_timeout=0.5) as server:
+        fake.server = server
         cfg: Config = build(
             Config,
             {
@@ -358,15 +362,23 @@ def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
                     "max_attempts": 1,
                     "read_timeout_seconds": 2,
                     "total_timeout_seconds": 5,
+                    **upstream,
                 },
-                "cache": {"enabled": True, "ttl_seconds": 10, "serve_stale_seconds": 30},
+                "cache": {"enabled": True, **cache},
                 "policy": {"allow_actions": ["*"]},
             },
         )
         check(cfg)
         app = lambda: create_app(cfg, fetch=static_fetch("AKIDCACHETEST", "secret"), clock=clock)  # noqa: E731
         with ServerThread(app) as proxy:
-            yield Rig(upstream, proxy, clock)
+            yield Rig(fake, proxy, clock)
+
+
+@pytest.fixture
+def rig(tls: tuple[ssl.SSLContext, str]) -> Iterator[Rig]:
+    """The rig with ttl 10 s, stale 30 s."""
+    with rigged(tls, {"ttl_seconds": 10, "serve_stale_seconds": 30}) as made:
+        yield made
 
 
 def test_hits_make_no_upstream_call(rig: Rig) -> None:
@@ -449,6 +461,145 @@ def test_a_write_by_an_sdk_client_invalidates_too(cached: ServerThread, emulator
     assert value(cached, name) == "before"  # now cached
     sdk_client(cached.url).put_secret_value(SecretId=name, SecretString="after")
     assert value(cached, name) == "after"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# refresh-ahead through the listener (issue 16): the counting fake upstream under a controlled clock
+
+
+REFRESH_RESULTS = ("fetched", "unchanged", "adopted", "failed", "discarded")
+
+
+def refreshes(proxy: ServerThread) -> float:
+    return sum(metric(proxy, "cache_refreshes_total", result=r) for r in REFRESH_RESULTS)
+
+
+def settle(proxy: ServerThread) -> None:
+    """Wait until the proxy's cache has no upstream read in flight (a refresh the last read started has
+    landed), so that a test moving the clock on does not outrun it."""
+    assert proxy.app is not None
+    cache = proxy.app[SERVICE].cache
+    poll(lambda: cache.in_flight == 0, 30, "the cache's upstream reads to land")
+
+
+def test_steady_reads_through_the_listener_never_wait_on_the_upstream(tls: tuple[ssl.SSLContext, str]) -> None:
+    """Two secrets read at every 5% of a 300 s TTL for four TTLs: no read after the first of each is a miss,
+    and each secret is fetched once per refresh period (80% of the TTL, rounded up to the next read)."""
+    ttl = 300.0
+    with rigged(tls, {"ttl_seconds": ttl}) as rig:
+        names = ("app/db", "app/api")
+        rig.upstream.values["app/api"] = "k1"
+        for name in names:
+            assert value(rig.proxy, name) == rig.upstream.values[name]
+        steps = 80
+        for step in range(1, steps + 1):
+            rig.clock.offset = step * ttl / 20
+            for name in names:
+                assert value(rig.proxy, name) == rig.upstream.values[name]
+            settle(rig.proxy)  # every refresh started so far has landed: the next step starts clean
+        assert metric(rig.proxy, "cache_misses_total") == len(names)
+        per_secret = rig.upstream.count() / len(names)
+        assert 1 + steps / 20 <= per_secret <= 1 + steps / 16  # one per 0.8 to 1.0 TTL
+        assert refreshes(rig.proxy) == metric(rig.proxy, "cache_refreshes_total", result="fetched")
+
+
+def test_reads_through_the_listener_are_answered_while_the_refresh_is_held(tls: tuple[ssl.SSLContext, str]) -> None:
+    with rigged(tls, {"ttl_seconds": 100}, read_timeout_seconds=30, total_timeout_seconds=60) as rig:
+        assert value(rig.proxy, "app/db") == "v1"
+        rig.upstream.hold()
+        rig.upstream.values["app/db"] = "v2"
+        rig.clock.offset = 81
+        assert value(rig.proxy, "app/db") == "v1"  # at the refresh point: answered, and the refresh starts
+        poll(lambda: len(rig.upstream.held) == 1, 30, "the refresh to reach the upstream")
+        for offset in (85, 90, 95, 99):
+            rig.clock.offset = offset
+            assert value(rig.proxy, "app/db") == "v1"  # answered while the refresh waits on the upstream
+        rig.upstream.release()
+        poll(lambda: value(rig.proxy, "app/db") == "v2", 30, "the refreshed value")
+        assert rig.upstream.count() == 2 and metric(rig.proxy, "cache_misses_total") == 1
+
+
+def test_the_background_sweep_refreshes_an_entry_read_earlier_in_its_life(tls: tuple[ssl.SSLContext, str]) -> None:
+    with rigged(tls, {"ttl_seconds": 100}) as rig:
+        assert value(rig.proxy, "app/db") == "v1"
+        rig.clock.offset = 10
+        assert value(rig.proxy, "app/db") == "v1"  # read since its fetch
+        rig.upstream.values["app/db"] = "v2"
+        rig.clock.offset = 85  # past the refresh point, and no read comes
+        poll(lambda: rig.upstream.count() == 2, 30, "the sweep to refresh the entry")
+        poll(lambda: refreshes(rig.proxy) == 1, 30, "the refresh to land")
+        rig.clock.offset = 150  # the first entry would have expired; the refreshed one has not
+        assert value(rig.proxy, "app/db") == "v2"
+        assert metric(rig.proxy, "cache_misses_total") == 1 and rig.upstream.count() == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# refresh-ahead and version checks against moto, counted by a relay in front of it
+
+
+@pytest.fixture
+def relayed(emulator: Any, demo_env: None, tmp_path: Path) -> Iterator[Any]:
+    """``relayed(**cache)``: the proxy (the demo role, a controlled clock) against moto through a
+    :class:`~tests.recorder.CountingRelay`; returns (proxy, relay, clock)."""
+    with CountingRelay(str(tmp_path), emulator.url, emulator.ca_file) as relay, contextlib.ExitStack() as stack:
+
+        def start(**cache: Any) -> tuple[ServerThread, CountingRelay, Clock]:
+            clock = Clock()
+            cfg = proxy_config(
+                emulator.server,
+                upstream={"endpoint_url": relay.url, "ca_bundle": relay.ca_file},
+                cache={"enabled": True, **cache},
+            )
+            proxy = stack.enter_context(ServerThread(lambda: create_app(cfg, clock=clock)))
+            return proxy, relay, clock
+
+        yield start
+
+
+def test_version_checks_against_moto_a_rotation_straight_to_the_service(relayed: Any, emulator: Any) -> None:
+    """cache.version_check: a refresh that finds the version unchanged costs one DescribeSecret and no
+    GetSecretValue; a new version put straight to moto is served within one TTL, fetched once."""
+    ttl = 60.0
+    proxy, relay, clock = relayed(ttl_seconds=ttl, version_check=True)
+    name = unique("version-check")
+    direct = emulator.direct()
+    direct.create_secret(Name=name, SecretString="v1")
+    assert value(proxy, name) == "v1"
+    clock.offset = 0.5 * ttl
+    assert value(proxy, name) == "v1"  # read since its fetch
+    clock.offset = 0.85 * ttl  # the sweep refreshes: DescribeSecret only
+    poll(lambda: metric(proxy, "cache_refreshes_total", result="unchanged") == 1, 30, "the version check")
+    assert (relay.count("DescribeSecret"), relay.count("GetSecretValue")) == (1, 1)
+    assert metric(proxy, "cache_version_checks_total", result="unchanged") == 1
+
+    direct.put_secret_value(SecretId=name, SecretString="v2")  # a rotation the proxy does not see
+    rotated_at = clock.offset
+    while value(proxy, name) != "v2":
+        assert clock.offset - rotated_at <= ttl, "the rotated value was not served within one TTL"
+        clock.offset += ttl / 20
+        settle(proxy)
+    assert (relay.count("DescribeSecret"), relay.count("GetSecretValue")) == (2, 2)
+    assert metric(proxy, "cache_version_checks_total", result="changed") == 1
+    assert metric(proxy, "cache_misses_total") == 1
+
+
+def test_refresh_ahead_against_moto_fetches_each_secret_once_per_period(relayed: Any, emulator: Any) -> None:
+    ttl = 60.0
+    proxy, relay, clock = relayed(ttl_seconds=ttl)
+    names = [unique("refresh") for _ in range(3)]
+    direct = emulator.direct()
+    for name in names:
+        direct.create_secret(Name=name, SecretString=f"{name}-1")
+        assert value(proxy, name) == f"{name}-1"
+    for step in range(1, 61):  # three TTLs in steps of 5%
+        clock.offset = step * ttl / 20
+        for name in names:
+            assert value(proxy, name) == f"{name}-1"
+        settle(proxy)
+    assert metric(proxy, "cache_misses_total") == len(names)
+    per_secret = relay.count("GetSecretValue") / len(names)
+    assert 1 + 3 <= per_secret <= 1 + 60 / 16
+    assert relay.count("DescribeSecret") == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -562,6 +713,73 @@ def test_workers_a_read_in_flight_in_one_worker_is_not_kept_after_a_write_throug
                 assert early.result(30) == (200, "v1")  # in flight when the write landed: answered as read
             read_through_every_worker(port, admins, "app/db", latest)  # and not kept by B
             assert metric_sum(b, 'query_signing_proxy_cache_hits_total{freshness="fresh"}') > 0
+            assert proxy.stop() == 0
+
+
+def relayed_workers_config(tmp_path: Path, relay: CountingRelay, ttl: float) -> str:
+    return workers_config(
+        tmp_path,
+        {"endpoint_url": relay.url, "ca_bundle": relay.ca_file},
+        cache={"enabled": True, "ttl_seconds": ttl},
+        credentials={"role_arn": DEMO_ROLE_ARN, "role_session_name": "cache-refresh-workers"},
+    )
+
+
+def test_workers_refresh_ahead_once_for_both(emulator: Any, demo_env: None, tmp_path: Path) -> None:
+    """Issue 16 with --workers 2, real time, moto behind a counting relay: steady reads through both workers
+    for three TTLs; after each worker's first read no read is a miss, and the secret is fetched once per
+    refresh period between them (the other worker takes the answer from shared memory)."""
+    ttl, seconds = 8.0, 20.0  # 1.6 s between a refresh point and expiry: room for a loaded machine
+    name = unique("workers-refresh")
+    emulator.direct().create_secret(Name=name, SecretString="v1")
+    with CountingRelay(str(tmp_path), emulator.url, emulator.ca_file) as relay:
+        path = relayed_workers_config(tmp_path, relay, ttl)
+        with ProxyProcess(["--config", path, "--workers", "2"], tmp_path) as proxy:
+            port, admins = two_workers(proxy)
+            read_through_every_worker(port, admins, name, "v1", each=2)
+            assert relay.count("GetSecretValue") == 2  # each worker's own first read
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:  # steady reads, the kernel spreading them over the workers
+                assert read(port, name) == (200, "v1")
+                time.sleep(0.02)
+            total = lambda prefix: sum(metric_sum(a, prefix) for a in admins)  # noqa: E731
+            assert total("query_signing_proxy_cache_misses_total ") == 2  # no read waited on the upstream
+            fetched = total('query_signing_proxy_cache_refreshes_total{result="fetched"}')
+            adopted = total('query_signing_proxy_cache_refreshes_total{result="adopted"}')
+            periods = seconds / (0.8 * ttl)
+            assert relay.count("GetSecretValue") == 2 + fetched
+            assert periods - 1 <= fetched <= periods + 2  # one per period between the two workers, not two
+            assert adopted >= periods - 2
+            assert proxy.stop() == 0
+
+
+def test_workers_no_stale_read_after_writes_while_refreshes_run(emulator: Any, demo_env: None, tmp_path: Path) -> None:
+    """Writes through the proxy while a refresh is in flight (a 2 s TTL; the relay holds every upstream
+    GetSecretValue 0.3 s, and each write is sent once a refresh has reached it): the refresh is not kept,
+    and once the write is answered every read through either worker returns the written value."""
+    name = unique("workers-race")
+    emulator.direct().create_secret(Name=name, SecretString="w0")
+    with CountingRelay(str(tmp_path), emulator.url, emulator.ca_file) as relay:
+        relay.delays["GetSecretValue"] = 0.3
+        path = relayed_workers_config(tmp_path, relay, 2.0)
+        with ProxyProcess(["--config", path, "--workers", "2"], tmp_path) as proxy:
+            port, admins = two_workers(proxy)
+            read_through_every_worker(port, admins, name, "w0", each=2)
+            writes = 4
+            for written in range(1, writes + 1):
+                before = relay.count("GetSecretValue")
+
+                def refresh_in_flight(current: str = f"w{written - 1}", before: int = before) -> bool:
+                    assert read(port, name) == (200, current)  # steady reads until a refresh starts
+                    return relay.count("GetSecretValue") > before
+
+                poll(refresh_in_flight, 30, "a refresh to reach the upstream", interval=0.05)
+                target = f"/?Action=PutSecretValue&SecretId={quote(name, safe='')}&SecretString=w{written}"
+                assert raw_request(port, "GET", target + "&Version=2017-10-17").status == 200
+                read_through_every_worker(port, admins, name, f"w{written}", each=2)
+            counted = 'query_signing_proxy_cache_refreshes_total{result="discarded"}'
+            discarded = sum(metric_sum(a, counted) for a in admins)
+            assert discarded >= 1, "no refresh was in flight at a write: the test did not test what it says"
             assert proxy.stop() == 0
 
 

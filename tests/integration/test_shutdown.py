@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.faults import MeasuredProxy, by_secret, delayed, never, ok
+from tests.faults import MeasuredProxy, by_secret, delayed, never, ok, sequence
 from tests.support import poll, raw_request
 
 SLOW = "/?Action=GetSecretValue&SecretId=slow&Version=2017-10-17"
@@ -121,3 +121,38 @@ def test_in_flight_requests_are_cut_after_shutdown_grace_seconds(start_fault, ce
             except ConnectionError:
                 pass  # the connection was closed without an answer: the grace period was over
         poll(lambda: fault.open_connections() == 0, 5, "the upstream connection to be closed")
+
+
+def test_sigterm_with_a_cache_refresh_hanging_at_the_upstream(start_fault, certs, tmp_path):
+    """Refresh-ahead (issue 16) has a GetSecretValue of its own in flight, which the upstream never answers:
+    SIGTERM drains the requests (none here) and exits 0 at once, without waiting for that call."""
+    fault = start_fault(sequence(ok(), never()))
+    cfg = config(
+        fault.url,
+        certs.ca_file,
+        upstream={
+            "region": "us-east-1",
+            "endpoint_url": fault.url,
+            "ca_bundle": certs.ca_file,
+            "read_timeout_seconds": 60,
+            "total_timeout_seconds": 60,
+        },
+        cache={"enabled": True, "ttl_seconds": 2},
+    )
+    with MeasuredProxy(tmp_path, cfg) as proxy:
+        poll(lambda: status(proxy.port, "/readyz") == 200, 10, "the proxy to be ready")
+        read = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"  # the secret ok() answers with
+        assert raw_request(proxy.port, "GET", read, timeout=30).status == 200  # a miss: fetched and cached
+
+        def refreshing() -> bool:  # hits (fresh for 2 s); the first one past 1.6 s starts the refresh
+            if len(fault.seen) == 2:
+                return True
+            assert raw_request(proxy.port, "GET", read, timeout=30).status == 200
+            return False
+
+        poll(refreshing, 10, "a refresh to reach the upstream")
+        signalled = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait(30) == 0
+        assert time.monotonic() - signalled < 5  # the grace period (20 s) is for requests, not for refreshes
+    poll(lambda: fault.open_connections() == 0, 5, "the refresh's upstream connection to be closed")

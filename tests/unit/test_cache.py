@@ -17,6 +17,7 @@ from proxy.config import CacheConfig
 from proxy.metrics import Metrics
 from proxy.models import Operation, UpstreamResponse
 from proxy.shapes import SECRET_ID_SHAPES, is_read_operation
+from proxy.sharedstore import SharedStore
 from proxy.stamps import StampTable
 from proxy.translate import Translator, secret_ids
 from tests.clocks import ManualClock
@@ -81,6 +82,12 @@ class Upstream:
         if operation.name == "BatchGetSecretValue":
             found = [self.name_of(i) for i in data.get("SecretIdList", ())]
             return ok({"SecretValues": [self.entry(n) for n in found if n], "Errors": []})
+        if operation.name == "DescribeSecret":
+            name = self.name_of(data["SecretId"])
+            if name is None:
+                return error(400, "ResourceNotFoundException")
+            stages = {f"ver-{self.values[name]}": ["AWSCURRENT"], "ver-older": ["AWSPREVIOUS"]}
+            return ok({"ARN": self.arns[name], "Name": name, "VersionIdsToStages": stages})
         name = self.name_of(operation.secret_ids[0]) if operation.secret_ids else None
         if operation.name == "PutSecretValue" and name:
             self.values[name] = data.get("SecretString", "put")
@@ -115,14 +122,29 @@ def batch(*ids: str, **more: str) -> Operation:
 
 
 class Fixture:
-    """One worker's cache; ``stamps`` and ``upstream`` given to share them with another worker's."""
+    """One worker's cache; ``stamps``, ``upstream``, ``shared`` and ``clock`` given to share them with another
+    worker's. Its background calls (refresh-ahead, version checks) go to the same upstream. Refresh-ahead is
+    off unless ``refresh_ahead=True`` is given, so that the tests of expiry see entries expire."""
 
-    def __init__(self, stamps: StampTable | None = None, upstream: Upstream | None = None, **cfg: Any) -> None:
-        self.clock = ManualClock(1000.0)
+    def __init__(
+        self,
+        stamps: StampTable | None = None,
+        upstream: Upstream | None = None,
+        shared: SharedStore | None = None,
+        clock: ManualClock | None = None,
+        **cfg: Any,
+    ) -> None:
+        self.clock = clock or ManualClock(1000.0)
         self.metrics = Metrics.create()
-        config = CacheConfig(**{"enabled": True, **cfg})
-        self.cache = SecretCache(config, self.metrics, clock=self.clock, stamps=stamps)
+        config = CacheConfig(**{"enabled": True, "refresh_ahead": False, **cfg})
         self.upstream = upstream or Upstream()
+        self.cache = SecretCache(
+            config, self.metrics, clock=self.clock, stamps=stamps, shared=shared, call=self.background_call
+        )
+
+    async def background_call(self, operation: Operation) -> UpstreamResponse:
+        response: UpstreamResponse = await self.upstream.fetch(operation)()
+        return response
 
     async def ask(self, operation: Operation, cache_control: str | None = None) -> UpstreamResponse:
         return await self.cache.answer(operation, cache_control, self.upstream.fetch(operation))

@@ -159,3 +159,53 @@ def test_lines_off_the_loop_are_flushed_at_once() -> None:
     handler.setFormatter(JSONFormatter())
     handler.handle(logging.LogRecord("x", logging.INFO, "", 0, "hello", None, None))
     assert Counting.flushes == 1
+
+
+_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["GetSecretValue", "prod/app/db", f"Signature={SIGNATURE}", f"k {KEY_ID}", 'q"\\\n\t\x00', "é漢"]),
+)
+_NUMBER = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    request_id=_TEXT,
+    action=st.none() | _TEXT,
+    secret_id=st.none() | _TEXT | st.lists(_TEXT, max_size=3),
+    status=st.integers(100, 599),
+    upstream_status=st.none() | st.integers(100, 599),
+    duration_ms=_NUMBER,
+    attempts=st.integers(0, 10),
+)
+def test_the_access_line_template_writes_what_the_general_path_writes(**fields: object) -> None:
+    """logs.access (the prepared template) and logs.emit with the same fields as extra= give the same text;
+    and the general path's own encoding is json.dumps' (ensure_ascii=False) of the scrubbed values."""
+    from proxy.logs import _ENCODER, _scrubbed, access, emit
+
+    formatter = JSONFormatter()
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("proxy.access")
+    keep = Keep()
+    logger.addHandler(keep)
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        access(logger, *fields.values())  # type: ignore[arg-type]
+        emit(logger, logging.INFO, "request", dict(fields))
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+    template, general = records
+    general.created = template.created
+    assert formatter.format(template) == formatter.format(general)
+    expected = {"time": json.loads(formatter.format(general))["time"], "level": "info", **fields}
+    assert formatter.format(general) == _ENCODER.encode(_scrubbed(expected))
+    assert template.status == fields["status"]  # type: ignore[attr-defined]  # as caplog sees it
