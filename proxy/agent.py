@@ -60,7 +60,7 @@ from .models import Operation
 from .parse import decode_form, request_head
 from .sdk import decode_json_input
 from .service import Service
-from .translate import operation_of, upstream_error, visible_output
+from .translate import answer_error, operation_of, visible_output
 
 PING_PATH = "/ping"
 QUERY_PATH = "/secretsmanager/get"
@@ -243,7 +243,7 @@ def agent_answer(doc: dict[str, Any]) -> bytes:
 
 def answer_document(body: bytes, output: Shape | None, keep: Callable[[str], bool] | None) -> bytes:
     """The Agent's answer for an upstream success ``body``; with ``keep`` (``policy.allow_secrets``), an answer
-    about a secret it refuses is AccessDenied (:func:`~proxy.translate.visible_output`). Raises BadGateway for a
+    about a secret it refuses is SecretNotFound (:func:`~proxy.translate.visible_output`). Raises BadGateway for a
     body that is not a JSON object."""
     try:
         doc = json.loads(body)
@@ -304,7 +304,7 @@ async def handle_agent(request: web.Request) -> web.StreamResponse:
         lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
     )
     if response.status >= 300:
-        raise upstream_error(response)
+        raise answer_error(response, service.policy.ambiguous(operation))
     output = service.translator.operation_model(operation.name, None).output_shape
     body = answer_document(response.body, output, service.policy.answer_filter)
     return web.Response(body=body, content_type=JSON_TYPE, headers={"x-amzn-RequestId": ctx.request_id})

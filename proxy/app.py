@@ -41,7 +41,7 @@ from .h1client import H1Upstream
 from .handler import SERVICE, call_upstream
 from .listing import Listings, PageTokens
 from .metrics import CONTENT_TYPE, Metrics
-from .middleware import ADMIN_ROUTE, query_middleware
+from .middleware import ADMIN_ROUTE, Handler, query_middleware
 from .models import Endpoint, Operation, UpstreamResponse
 from .policy import Policy
 from .service import Regional, Service
@@ -50,7 +50,7 @@ from .signing import ClockSkew
 from .stamps import StampTable
 from .translate import InputLimits, Translator
 from .upstream import Upstream
-from .validate import RuleSettings
+from .validate import RuleSettings, admin_host_allowed
 
 log = logging.getLogger("proxy")
 
@@ -407,8 +407,19 @@ def add_admin_routes(app: web.Application) -> None:
 
 
 def create_admin_app(shared: Shared) -> web.Application:
-    """The admin listener's application (``admin.host`` set): /healthz, /readyz, /metrics only."""
-    app = web.Application()
+    """The admin listener's application (``admin.host`` set): /healthz, /readyz, /metrics only, for a Host that is
+    an IP address, ``localhost`` or in ``listen.allowed_hosts`` (:func:`~proxy.validate.admin_host_allowed`)."""
+    allowed = frozenset(h.lower().rstrip(".") for h in shared.config.listen.allowed_hosts)
+
+    @web.middleware
+    async def host_rule(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not admin_host_allowed(request.headers.get("Host"), allowed):
+            return web.Response(
+                status=403, text="the Host header is not an IP address, localhost or in listen.allowed_hosts\n"
+            )
+        return await handler(request)
+
+    app = web.Application(middlewares=[host_rule])
     app[SHARED] = shared
     add_admin_routes(app)
     return app

@@ -29,6 +29,7 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     │   ├── GatewayTimeout 504 (SDK: RequestTimeoutException)
     │   │                             └── UnrepresentableValue 502
     └── UpstreamError (status and code taken from the upstream's answer)
+        └── SecretNotFound 400 (ResourceNotFoundException: an answer about a secret outside allow_secrets)
 
 ``map_exceptions`` translates a foreign library's exceptions where that library is imported
 (httpx's ``map_exceptions`` pattern): the most specific matching class wins.
@@ -239,6 +240,20 @@ class UpstreamError(ProxyError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+# Secrets Manager's answer for a secret it does not have (400 ResourceNotFoundException, with this message).
+SECRET_NOT_FOUND_MESSAGE = "Secrets Manager can't find the specified secret."
+
+
+class SecretNotFound(UpstreamError):
+    """An answer about a secret outside ``policy.allow_secrets`` (an ARN that AWS resolved as a partial ARN of
+    another secret), answered as Secrets Manager answers for a secret it does not have: 400
+    ``ResourceNotFoundException``. Refusing it with AccessDenied would tell the app that the hidden secret exists,
+    since the same request answers ResourceNotFoundException when it does not."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "ResourceNotFoundException", SECRET_NOT_FOUND_MESSAGE)
 
 
 @contextlib.contextmanager

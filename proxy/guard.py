@@ -8,16 +8,16 @@ credentials), ``GetRelationalDatabaseMasterUserPassword`` (lightsail) or ``GetCl
 proxy accepts (:data:`proxy.dispatch.PROTOCOLS`), so that an operation AWS adds later is classified without
 a code change. An operation hands out credentials when (:func:`credential_reason`):
 
-* its output shape holds, at any depth, a member marked ``sensitive`` in the model (the model's own word for
-  "do not log this": passwords, keys, tokens, and sometimes personal data; refusing those too is the safe
-  side, and ``allow_actions`` serves them when it names them);
+* its output shape holds, at any depth, a member, a list item or a map key or value marked ``sensitive`` in
+  the model (the model's own word for "do not log this": passwords, keys, tokens, and sometimes personal data;
+  refusing those too is the safe side, and ``allow_actions`` serves them when it names them);
 * or a member whose name says it carries a credential (:func:`credential_member`): a password, a token that
-  is not a pagination or concurrency token, a secret, a private, secret, access or API key, credentials, a
-  key pair, a pre-signed URL; the name is split into words (``authorizationToken`` -> authorization, token),
-  and its shape's type must be able to carry the value (a string, a blob; a structure or list for
-  ``Credentials`` and key pairs), so ``PasswordLastUsed`` (a timestamp), ``CredentialArn`` and
-  ``UseExistingClientSecret`` (a boolean) do not count; the same words in the keys of a map whose key shape
-  is an enum count too (glue ``ConnectionProperties``: ``{"PASSWORD": ...}``);
+  is not a pagination or concurrency token, a secret, a private, secret, access or API key, an activation,
+  authorization or unlock code, credentials, a key pair, a pre-signed URL; the name is split into words
+  (``authorizationToken`` -> authorization, token), and its shape's type must be able to carry the value (a
+  string, a blob; a structure or list for ``Credentials`` and key pairs), so ``PasswordLastUsed`` (a
+  timestamp), ``CredentialArn`` and ``UseExistingClientSecret`` (a boolean) do not count; the same words in
+  the keys of a map whose key shape is an enum count too (glue ``ConnectionProperties``: ``{"PASSWORD": ...}``);
 * or a member named in :data:`CREDENTIAL_OUTPUT_MEMBERS`, whatever its shape;
 * or its name matches :data:`CREDENTIAL_ACTIONS` (credentials the output shape cannot show: a login profile
   set by the call), or says it makes a pre-signed URL.
@@ -94,7 +94,25 @@ _INERT_TOKEN_WORDS = frozenset(
 )  # fmt: skip
 # Words before "Key" that make it key material rather than an identifier (KeyId, TagKey, PartitionKey).
 _SECRET_KEY_WORDS = frozenset({"secret", "api", "access", "private", "signing", "hmac", "session", "shared", "mac"})
-_PASSWORD_WORDS = frozenset({"password", "passwd", "passphrase"})
+_PASSWORD_WORDS = frozenset({"password", "passwd", "passphrase", "passcode"})
+# Words before "Code" that make it a secret to present rather than a status or an identifier (ErrorCode,
+# CountryCode): ssm CreateActivation's ActivationCode registers any machine as a managed node, which then gets
+# the activation's role credentials; snowball's UnlockCode; route53domains' AuthCode transfers a domain.
+_SECRET_CODE_WORDS = frozenset(
+    {
+        "activation",
+        "auth",
+        "authorization",
+        "unlock",
+        "pairing",
+        "claim",
+        "enrollment",
+        "recovery",
+        "login",
+        "otp",
+        "mfa",
+    }
+)
 # Trailing words that name the form of the value: TokenValue, privateKeyBase64, SecretString.
 _VALUE_FORM_WORDS = frozenset({"value", "string", "base", "64", "pem", "blob", "text", "data", "material"})
 _VALUE_TYPES = frozenset({"string", "blob"})
@@ -137,6 +155,8 @@ def _credential_words(w: list[str], kind: str) -> str | None:
         return "secret"
     if last == "key" and before and before[-1] in _SECRET_KEY_WORDS:
         return "key"
+    if last == "code" and before and before[-1] in _SECRET_CODE_WORDS:
+        return "code"
     if any(a == "private" and b == "key" for a, b in zip(w, w[1:], strict=False)):
         return "private key"
     if last in ("url", "urls", "uri") and ({"presigned", "signed", "authorized"} & set(before)):
@@ -163,6 +183,8 @@ def _hits(shape: Shape, path: str, seen: frozenset[str]) -> Iterator[tuple[str, 
                     yield where, what
             yield from _hits(member, where, seen)
     elif isinstance(shape, ListShape):
+        if shape.member.metadata.get("sensitive"):  # proton ListServiceInstanceOutputs: outputs[] of sensitive items
+            yield f"{path}[]", "sensitive"
         yield from _hits(shape.member, f"{path}[]", seen)
     elif isinstance(shape, MapShape):
         if shape.key.metadata.get("sensitive"):

@@ -18,7 +18,7 @@ from .parse import read_query, request_head
 from .respond import send_document
 from .service import Service
 from .signing import sign
-from .translate import upstream_error
+from .translate import answer_error
 from .validate import check_head
 
 SERVICE = web.AppKey("service", Service)
@@ -60,7 +60,7 @@ async def answer_document(request: web.Request, service: Service, ctx: RequestCo
             lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
         )
     if response.status >= 300:
-        raise upstream_error(response)
+        raise answer_error(response, service.policy.ambiguous(operation))
     return service.translator.render_result(operation.name, response, ctx.request_id, keep=keep)
 
 

@@ -128,9 +128,9 @@ def _with_suffix(name: str, complete: bool) -> str:
     return name + "-??????"
 
 
-def _regions(cfg: Config) -> tuple[str, ...]:
-    """``upstream.region`` and, where the config has them, ``upstream.regions``, in order, once each."""
-    regions = [cfg.upstream.region or ""] + list(getattr(cfg.upstream, "regions", None) or ())
+def _regions(upstream: Any) -> tuple[str, ...]:
+    """A listener's ``upstream.region`` and, where the config has them, ``upstream.regions``, in order, once each."""
+    regions = [upstream.region or ""] + list(getattr(upstream, "regions", None) or ())
     return tuple(dict.fromkeys(r for r in regions if r))
 
 
@@ -158,60 +158,66 @@ def permission_policy(cfg: Config, model: ServiceModel, account_id: str | None =
     """The permission policy of the role that signs for ``cfg``'s Secrets Manager listeners (the main one when
     its ``upstream.service`` is ``secretsmanager``, and every such ``routes:`` entry).
 
+    Each listener grants its own actions on its own secrets in its own regions, and no more: a route that may
+    write ``b/*`` in us-east-1 does not let the main listener's ``a/*`` be written, nor ``b/*`` be read in the
+    main listener's region. Listeners with the same actions share a statement (their resources side by side).
     ``model``: botocore's model of Secrets Manager (its operations are the IAM actions). Raises
     PolicyInputError naming the key when nothing is served from Secrets Manager or a value cannot be written
     as an ARN.
     """
     names = list(model.operation_names)
-    listeners = [(cfg.upstream, cfg.policy, "policy")] + [
-        (r.upstream, r.policy, f"routes[{i}].policy") for i, r in enumerate(cfg.routes)
-    ]
-    actions: set[str] = set()
-    secret_patterns: list[str] | None = []
-    regions: list[str] = []
+    listeners = [cfg.upstream, *(r.upstream for r in cfg.routes)]
+    policies = [cfg.policy, *(r.policy for r in cfg.routes)]
+    account = signing_account(cfg, account_id)
+    on_secrets: dict[tuple[str, ...], list[str]] = {}  # actions -> resources, in the order listeners give them
+    unscoped: set[str] = set()
+    kms: dict[tuple[str, ...], list[str]] = {}  # KMS actions -> regions
     found = False
-    for upstream, policy, _key in listeners:
+    for upstream, policy in zip(listeners, policies, strict=True):
         if upstream.service != SERVICE:
             continue
         found = True
-        actions.update(allowed_actions(policy.allow_actions, names))
-        regions.append(upstream.region or "")
-        if policy.allow_secrets is None:
-            secret_patterns = None
-        elif secret_patterns is not None:
-            secret_patterns.extend(policy.allow_secrets)
+        actions = set(allowed_actions(policy.allow_actions, names))
+        if cfg.cache.enabled and getattr(cfg.cache, "version_check", False):
+            actions.add("DescribeSecret")  # the cache asks which version holds a stage before re-reading a value
+        if "BatchGetSecretValue" in actions:
+            actions.add("GetSecretValue")  # AWS checks GetSecretValue on each secret a batch returns
+        scope = Scope(account, _regions(upstream))
+        scoped = tuple(sorted(a for a in actions if not account_wide(model, a)))
+        if scoped:
+            patterns = ["*"] if policy.allow_secrets is None else list(policy.allow_secrets)
+            resources = on_secrets.setdefault(scoped, [])
+            resources += [arn for p in patterns for arn in secret_arn_patterns(p, scope) if arn not in resources]
+        unscoped.update(a for a in actions if account_wide(model, a))
+        keys = (["kms:Decrypt"] if actions & DECRYPTING_ACTIONS else []) + (
+            ["kms:Decrypt", "kms:GenerateDataKey"] if actions & ENCRYPTING_ACTIONS else []
+        )
+        if keys:
+            regions = kms.setdefault(tuple(sorted(set(keys))), [])
+            regions += [r for r in scope.regions if r not in regions]
     if not found:
         raise PolicyInputError("upstream.service: no listener of this config fronts secretsmanager")
-    cache = cfg.cache
-    if cache.enabled and getattr(cache, "version_check", False):
-        actions.add("DescribeSecret")  # the cache asks which version holds a stage before re-reading a value
-    if "BatchGetSecretValue" in actions:
-        actions.add("GetSecretValue")  # AWS checks GetSecretValue on each secret a batch returns
-    scope = Scope(signing_account(cfg, account_id), tuple(dict.fromkeys([*_regions(cfg), *(r for r in regions if r)])))
     statements: list[dict[str, Any]] = []
-    on_secrets = sorted(a for a in actions if not account_wide(model, a))
-    if on_secrets:
-        patterns = ["*"] if secret_patterns is None else list(dict.fromkeys(secret_patterns))
-        resources = list(dict.fromkeys(arn for p in patterns for arn in secret_arn_patterns(p, scope)))
+    for i, (actions_on, resources) in enumerate(on_secrets.items()):
         if resources:
-            statements.append(_allow("SecretsTheConfigAllows", on_secrets, resources))
-    unscoped = sorted(a for a in actions if account_wide(model, a))
+            statements.append(_allow(_sid("SecretsTheConfigAllows", i), list(actions_on), resources))
     if unscoped:
-        statements.append(_allow("ActionsWithoutResourceLevelPermissions", unscoped, ["*"]))
-    kms = []
-    if actions & DECRYPTING_ACTIONS:
-        kms.append("kms:Decrypt")
-    if actions & ENCRYPTING_ACTIONS:
-        kms += ["kms:Decrypt", "kms:GenerateDataKey"]
-    if kms:
-        keys = [f"arn:{scope.partition(r).name}:kms:{r}:{scope.account}:key/*" for r in scope.regions]
-        via = [f"{SERVICE}.{r}.{scope.partition(r).dns_suffix}" for r in scope.regions]
-        statement = _allow("CustomerManagedKeysThroughSecretsManager", sorted(set(kms)), keys, prefixed=True)
+        statements.append(_allow("ActionsWithoutResourceLevelPermissions", sorted(unscoped), ["*"]))
+    for i, (kms_actions, regions) in enumerate(kms.items()):
+        scope = Scope(account, tuple(regions))
+        keys = [f"arn:{scope.partition(r).name}:kms:{r}:{account}:key/*" for r in regions]
+        via = [f"{SERVICE}.{r}.{scope.partition(r).dns_suffix}" for r in regions]
+        statement = _allow(_sid("CustomerManagedKeysThroughSecretsManager", i), list(kms_actions), keys, prefixed=True)
         statement["Condition"] = {"StringEquals": {"kms:ViaService": via if len(via) > 1 else via[0]}}
         statements.append(statement)
     if not statements:
         raise PolicyInputError("policy.allow_actions: the config allows no Secrets Manager action")
     return document(*statements)
+
+
+def _sid(base: str, index: int) -> str:
+    """Statement ids: ``base`` for the first statement of its kind, then ``base2``, ``base3`` ..."""
+    return base if index == 0 else f"{base}{index + 1}"
 
 
 def _allow(sid: str, actions: list[str], resources: list[str], prefixed: bool = False) -> dict[str, Any]:

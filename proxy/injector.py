@@ -337,13 +337,20 @@ def _set_env(container: dict[str, Any], entries: list[dict[str, str]], where: st
 
 
 def _check_room(spec: dict[str, Any], settings: PodSettings) -> None:
-    """Refuse a pod whose names or ports the sidecar would collide with, or whose loopback is the node's."""
+    """Refuse a pod whose names or ports the sidecar would collide with, whose loopback is the node's, or whose
+    containers see each other's processes (the app would read the proxy's credentials through /proc)."""
     if spec.get("hostNetwork") is True:
         raise InjectionRefused(
             "spec.hostNetwork: the proxy's Query API listens on loopback, which a host-network pod shares with "
             "the whole node"
         )
-    taken = {v.get("name") for v in _list(spec, "volumes", "spec.volumes")}
+    for key, whose in (("shareProcessNamespace", "every container of the pod"), ("hostPID", "the whole node")):
+        if spec.get(key) is True:
+            raise InjectionRefused(
+                f"spec.{key}: the proxy's process would be visible to {whose}, and a process running as its user "
+                "reads its files and memory through /proc (the service account token, the role's credentials)"
+            )
+    taken = {str(v.get("name")) for v in _list(spec, "volumes", "spec.volumes")}
     for name in (CONFIG_VOLUME, TMP_VOLUME):
         if name in taken:
             raise InjectionRefused(f"spec.volumes: the pod already has a volume named {name}")

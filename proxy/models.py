@@ -31,14 +31,17 @@ class Operation:
     """A validated, typed operation input: the operation name and its input as botocore-shaped data.
 
     ``retryable`` is the retry rule of docs/interface.md, "The upstream request": a read, or a write that carries an
-    idempotency token. ``region`` is the region an SDK call was signed for when it is one of ``upstream.regions``;
-    None means ``upstream.region`` (every Query request)."""
+    idempotency token. ``checked_on_answer``: a read whose answer names the secret it is about (``ARN``,
+    ``Name``), so that the policy can check which secret AWS chose before anything is answered. ``region`` is the
+    region an SDK call was signed for when it is one of ``upstream.regions``; None means ``upstream.region``
+    (every Query request)."""
 
     name: str
     input: dict[str, Any]
     secret_ids: tuple[str, ...]
     is_read: bool
     retryable: bool
+    checked_on_answer: bool = False
     region: str | None = None
 
 

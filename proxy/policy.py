@@ -47,6 +47,20 @@ def secret_names(secret_id: str) -> tuple[str, ...]:
     return (secret_id, m["name"])
 
 
+def partial_reading(secret_id: str) -> str | None:
+    """The other secret an ARN may stand for. ``arn:...:secret:NAME-AbCdEf`` reads as the full ARN of the secret
+    ``NAME``; when no secret has that ARN, it may also be read as a partial ARN of the secret named
+    ``NAME-AbCdEf`` (Secrets Manager API reference, ``SecretId``: a name ending in a hyphen and six characters
+    "can cause unexpected results"; moto resolves it so). Returns that second name, everything after
+    ``:secret:``, when the two readings differ; None for an id that is not a secret ARN or whose name has no
+    such ending."""
+    m = _SECRET_ARN.match(secret_id)
+    if m is None:
+        return None
+    tail = secret_id[m.start("name") :]
+    return tail if tail != m["name"] else None
+
+
 # Secrets Manager's FilterValueStringType (botocore's model), without the leading "!" of a negation.
 _FILTER_VALUE = re.compile(r"[a-zA-Z0-9 :_@/+=.-]{1,512}")
 _GLOB = re.compile(r"[*?\[]")
@@ -77,6 +91,9 @@ class Policy:
     secrets: re.Pattern[str] | None
     # the allow_secrets patterns as name prefixes (:func:`name_prefix`); None when one of them has none
     name_prefixes: tuple[str, ...] | None = None
+    # the patterns that end in "*" (they match an ARN with anything appended), and those without wildcards
+    open_ended: re.Pattern[str] | None = None
+    literal: frozenset[str] = frozenset()
 
     @classmethod
     def compile(
@@ -113,7 +130,17 @@ class Policy:
             # a prefix that starts with another says nothing more: keep the shortest ones
             unique = sorted({p for p in prefixes if p is not None})
             name_prefixes = tuple(p for p in unique if not any(p != q and p.startswith(q) for q in unique))
-        return cls(all_actions=all_actions, actions=actions, secrets=secrets, name_prefixes=name_prefixes)
+        patterns = cfg.allow_secrets or ()
+        open_ended = _compile(p for p in patterns if p.endswith("*")) if cfg.allow_secrets is not None else None
+        literal = frozenset(p for p in patterns if not _GLOB.search(p))
+        return cls(
+            all_actions=all_actions,
+            actions=actions,
+            secrets=secrets,
+            name_prefixes=name_prefixes,
+            open_ended=open_ended,
+            literal=literal,
+        )
 
     def action_allowed(self, name: str) -> bool:
         if self.all_actions:
@@ -133,10 +160,45 @@ class Policy:
         ``allow_secrets`` is null (any secret)."""
         return self.secret_allowed if self.secrets is not None else None
 
+    def unresolved(self, secret_id: str) -> str | None:
+        """The partial-ARN reading of an allowed ``secret_id`` (:func:`partial_reading`) when ``allow_secrets``
+        does not cover it, else None. It is covered when a pattern matches that name, when the id is one of the
+        patterns written out without wildcards (the operator named that ARN), or when a pattern ending in
+        ``*`` matches the id (it then matches the ARN of the secret so named too, whatever its suffix)."""
+        if self.secrets is None:
+            return None
+        other = partial_reading(secret_id)
+        if other is None or self.secrets.fullmatch(other) or secret_id in self.literal:
+            return None
+        if self.open_ended is not None and self.open_ended.fullmatch(secret_id):
+            return None
+        return other
+
+    def ambiguous(self, operation: Operation) -> bool:
+        """Whether a secret id of ``operation`` may name a secret ``allow_secrets`` hides (:meth:`unresolved`):
+        its answer must then look the same whether that secret exists or not."""
+        return any(self.unresolved(secret_id) is not None for secret_id in operation.secret_ids)
+
     def check(self, operation: Operation) -> None:
-        """Raise AccessDenied unless the operation and every secret it names are allowed."""
+        """Raise AccessDenied unless the operation and every secret it names are allowed.
+
+        An ARN that AWS may also read as a partial ARN of a secret outside ``allow_secrets`` (:meth:`unresolved`)
+        is allowed only in a read whose answer names its secret (``Operation.checked_on_answer``): that answer is
+        checked, and one about the hidden secret is answered as if it did not exist (SecretNotFound). Any other
+        operation (a write, a batch) could reach the hidden secret unseen, so it is refused here, before any
+        upstream call: name the secret by its name, or allow the longer name too."""
         if not self.action_allowed(operation.name):
             raise errors.AccessDenied(f"{operation.name} is not allowed by policy.allow_actions")
         for secret_id in operation.secret_ids:
             if not self.secret_allowed(secret_id):
                 raise errors.AccessDenied(f"the secret {secret_id!r} is not allowed by policy.allow_secrets")
+        if operation.checked_on_answer:
+            return
+        for secret_id in operation.secret_ids:
+            other = self.unresolved(secret_id)
+            if other is not None:
+                raise errors.AccessDenied(
+                    f"the secret {secret_id!r} may also be read by AWS as a partial ARN of {other!r}, which "
+                    f"policy.allow_secrets does not allow, and {operation.name} cannot be checked on its answer; "
+                    "name the secret by its name"
+                )

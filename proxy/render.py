@@ -69,7 +69,7 @@ class Plan:
     def render(self, body: bytes, keep: Keep, xml_text: Callable[[str, str], str]) -> list[str]:
         """The XML of the output members (without the wrapping ``<OpResult>``), as string pieces.
 
-        Raises Fallback (render with the generic path instead) or AccessDenied (the answer is about a secret
+        Raises Fallback (render with the generic path instead) or SecretNotFound (the answer is about a secret
         ``keep`` refuses; decided after the whole answer rendered, as the generic path decides it after
         parsing the whole answer).
         """
@@ -87,9 +87,7 @@ class Plan:
         if keep is not None:
             named = [doc[k] for k in self._secret_keys if type(doc.get(k)) is str]
             if named and not any(keep(v) for v in named):
-                raise errors.AccessDenied(
-                    "the upstream answered about a secret that policy.allow_secrets does not allow"
-                )
+                raise errors.SecretNotFound
         return out
 
 
@@ -155,7 +153,7 @@ class _Compiler:
         render_item = self.render(member)
         secret_keys: tuple[str, ...] = ()
         if isinstance(member, StructureShape):
-                secret_keys = tuple(n for n, m in member.members.items() if m.name in OUTPUT_SECRET_ID_SHAPES)
+            secret_keys = tuple(n for n, m in member.members.items() if m.name in OUTPUT_SECRET_ID_SHAPES)
 
         def render(value: Any, name: str, out: list[str], keep: Keep) -> None:
             if type(value) is not list:

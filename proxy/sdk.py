@@ -46,6 +46,7 @@ from .shapes import OUTPUT_SECRET_ID_SHAPES
 from .translate import (
     InputLimits,
     Translator,
+    answer_error,
     check_range,
     operation_of,
     upstream_error,
@@ -291,7 +292,7 @@ async def filtered_answer(
     proxy itself (:meth:`proxy.listing.Listings.answer`), with its own ``NextToken``. A JSON error body is
     relayed unchanged. Raises what :func:`~proxy.handler.send_upstream` raises, the
     upstream's error for a non-JSON error body, BadGateway for a success that is not a JSON object, and
-    AccessDenied for an answer about a secret ``keep`` refuses.
+    SecretNotFound for an answer about a secret ``keep`` refuses.
     """
     listings = service.regional(operation.region).listings  # tokens bound to the region's endpoint
     listing = listings.pages(operation) if listings is not None else None
@@ -301,6 +302,8 @@ async def filtered_answer(
         response = await send_upstream(service, ctx, operation, headers, payload)
     out_headers = answer_headers(response.headers, ctx.request_id)
     if response.status >= 300:
+        if service.policy.ambiguous(operation):
+            raise answer_error(response, True)  # answered as an answer about a hidden secret is
         error = upstream_error(response)
         if not AWS_JSON.holds(response.body):
             raise error

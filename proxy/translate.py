@@ -308,6 +308,7 @@ def _show(value: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # typed output -> Query XML
 
+
 def _render(shape: Shape, value: Any, name: str, out: list[str]) -> None:
     kind = shape.type_name
     if kind == "structure":
@@ -378,15 +379,21 @@ class StrictJSONParser(JSONParser):
 
 def operation_of(op: OperationModel, data: dict[str, Any]) -> Operation:
     """The :class:`~proxy.models.Operation` for ``op`` with its decoded input ``data`` (from the Query
-    parameters or an SDK call's JSON body alike): the secret ids it names, whether it is a read, and whether it
+    parameters or an SDK call's JSON body alike): the secret ids it names, whether it is a read, whether it
     may be retried (docs/interface.md, "The upstream request": a read, or a write whose input has an idempotency
-    token)."""
+    token), and whether its answer names the secret it is about at its top level (``ARN``/``Name``: a read the
+    policy can check on its answer)."""
+    output = op.output_shape
+    names_itself = isinstance(output, StructureShape) and any(
+        m.name in OUTPUT_SECRET_ID_SHAPES for m in output.members.values()
+    )
     return Operation(
         name=op.name,
         input=data,
         secret_ids=tuple(secret_ids(op.input_shape, data)),
         is_read=is_read_operation(op.name),
         retryable=is_read_operation(op.name) or bool(op.idempotent_members),
+        checked_on_answer=is_read_operation(op.name) and names_itself,
     )
 
 
@@ -481,7 +488,7 @@ class Translator:
 
         ``keep`` (``policy.allow_secrets``' test, None for any secret) filters the answer with
         :func:`visible_output` before it is rendered. Raises BadGateway when the body is not the JSON the model
-        describes, UnrepresentableValue when a string holds a character XML 1.0 cannot carry, AccessDenied when
+        describes, UnrepresentableValue when a string holds a character XML 1.0 cannot carry, SecretNotFound when
         the answer is about a secret ``keep`` refuses.
         """
         op = self._operations[operation_name]
@@ -581,14 +588,15 @@ def visible_output(shape: Shape, value: Any, keep: Callable[[str], bool]) -> Any
     shapes (:data:`OUTPUT_SECRET_ID_SHAPES`: ``ARN``, ``Name``, ``SecretId``), and it is visible when ``keep``
     accepts at least one of them. Items of a list that are not visible are dropped (ListSecrets'
     ``SecretList``, BatchGetSecretValue's ``SecretValues`` and ``Errors``); an output structure that is not
-    visible itself raises AccessDenied (an answer about another secret than the one asked for, e.g. through a
-    partial ARN). Other values are returned as they are.
+    visible itself raises SecretNotFound (an answer about another secret than the one asked for, through an ARN
+    that AWS resolved as a partial ARN: answered as if that secret did not exist, so that the answer does not
+    tell whether it does). Other values are returned as they are.
     """
     if shape.type_name == "structure":
         assert isinstance(shape, StructureShape)
         named = _named_secrets(shape, value)
         if named and not any(keep(v) for v in named):
-            raise errors.AccessDenied("the upstream answered about a secret that policy.allow_secrets does not allow")
+            raise errors.SecretNotFound
     return _filter(shape, value, keep)
 
 
@@ -659,6 +667,17 @@ def upstream_error(response: UpstreamResponse) -> errors.UpstreamError:
     if not message:
         message = f"the upstream answered HTTP {response.status}"
     return errors.UpstreamError(response.status, code, message)
+
+
+def answer_error(response: UpstreamResponse, ambiguous: bool) -> errors.UpstreamError:
+    """:func:`upstream_error`, except that for a request whose secret id may name a hidden secret
+    (:meth:`proxy.policy.Policy.ambiguous`) a ``ResourceNotFoundException`` is answered as
+    :class:`~proxy.errors.SecretNotFound`, exactly as an answer about the hidden secret is: the app cannot tell
+    the two apart (the upstream's own status, message and body would differ in form from the proxy's)."""
+    error = upstream_error(response)
+    if ambiguous and error.code == "ResourceNotFoundException":
+        return errors.SecretNotFound()
+    return error
 
 
 def _bare_code(raw: str) -> str | None:

@@ -80,6 +80,25 @@ def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
     return _is_loopback_address(name)
 
 
+def admin_host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
+    """The separate admin listener's Host rule: any IP address (kubelet's probes and Prometheus name the pod by its
+    IP), ``localhost`` and ``listen.allowed_hosts`` entries, with any port. A DNS name a web page could rebind to
+    the pod's address is refused (docs/interface.md, "HTTP endpoints")."""
+    if not host:
+        return False
+    name = host_name(host.strip()).lower().rstrip(".")
+    return name == "localhost" or name in allowed or _is_ip_address(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=64)
 def _is_loopback_address(name: str) -> bool:
     try:

@@ -50,14 +50,15 @@ def test_sdk_list_secrets_shows_only_allowed_secrets(start_proxy: Any, hidden_se
     assert all(isinstance(s["LastChangedDate"], type(listed[0]["LastChangedDate"])) for s in listed)
 
 
-def test_sdk_answer_about_another_secret_is_denied(start_proxy: Any, emulator: Any, hidden_secret: str) -> None:
-    """A partial ARN that the pattern admits but AWS resolves to a secret outside it (docs/interface.md, "Policy")."""
+def test_sdk_answer_about_another_secret_is_not_found(start_proxy: Any, emulator: Any, hidden_secret: str) -> None:
+    """A partial ARN that the pattern admits but AWS resolves to a secret outside it (docs/interface.md, "Policy"):
+    answered as a secret that does not exist (tests/integration/test_partial_arns.py has the rest)."""
     proxy = start_proxy(policy={"allow_secrets": ["attack/hidden"]})
     arn = emulator.direct().describe_secret(SecretId=hidden_secret)["ARN"]
     partial = arn.rsplit("-", 1)[0]  # arn:...:secret:attack/hidden-xxxxxx: reads as the full ARN of attack/hidden
     with pytest.raises(ClientError) as denied:
         sdk_client(proxy.url).get_secret_value(SecretId=partial)
-    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert denied.value.response["Error"]["Code"] == "ResourceNotFoundException"
     assert "value-outside-the-policy" not in str(denied.value.response)
 
 

@@ -194,6 +194,10 @@ def test_redshift_cluster_credentials_are_refused_unless_named(start_proxy: Any,
         ("kms", "Decrypt", {"CiphertextBlob": "AAAA"}),
         ("ssm", "GetParameter", {"Name": "/app/db", "WithDecryption": True}),
         ("glue", "GetConnection", {"Name": "db"}),
+        # a password under another name: registers any machine as a managed node holding the activation's role
+        ("ssm", "CreateActivation", {"IamRole": "SSMServiceRole"}),
+        # items of a list marked sensitive (stack outputs: whatever the templates export)
+        ("proton", "ListServiceInstanceOutputs", {"serviceInstanceName": "i", "serviceName": "s"}),
     ],
 )
 def test_credential_operations_never_reach_the_upstream(

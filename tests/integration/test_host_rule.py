@@ -134,10 +134,17 @@ def test_the_admin_listener_answers_the_pod_ip_and_the_query_listener_refuses_it
         admin = served.admin_port
         assert admin is not None
         poll(lambda: raw_request(admin, "GET", "/readyz").status == 200, 30, "/readyz to turn 200")
-        for host in ("10.1.2.3:8978", "10.1.2.3", "rebind.example"):  # kubelet probes with the pod IP
+        # kubelet probes and Prometheus scrapes name the pod by its IP
+        for host in ("10.1.2.3:8978", "10.1.2.3", "[fd00::7]:8978", "localhost:8978", "127.0.0.1"):
             for path in ADMIN_PATHS:
                 resp = raw_request(admin, "GET", path, headers={"Host": host})
                 assert resp.status == 200, (host, path, resp.body[:200])
+        # a DNS name a web page could rebind to the pod's address reads nothing there
+        for host in ("rebind.example", "rebind.example:8978", "10.1.2.3.nip.io", "10.1.2.3:8978@rebind.example", ""):
+            for path in [*ADMIN_PATHS, "/nothing"]:
+                resp = raw_request(admin, "GET", path, headers={"Host": host})
+                assert resp.status == 403, (host, path, resp.status)
+                assert b"query_signing_proxy" not in resp.body and b"ready" not in resp.body
         for port in (served.port, *served.route_ports):  # the Query listeners: Host rule first, then 404
             refused(raw_request(port, "GET", "/metrics", headers={"Host": "10.1.2.3:8978"}))
             resp = raw_request(port, "GET", "/metrics")

@@ -202,3 +202,44 @@ def test_trust_policies_from_the_command_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and "--service-account" in out.stderr
     out = subprocess.run([console_script(), "iam-policy", "--trust", "pod-identity"], capture_output=True, text=True)
     assert json.loads(out.stdout)["Statement"][0]["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+
+
+def test_each_listener_gets_its_own_actions_on_its_own_secrets_in_its_own_region(tmp_path: Path) -> None:
+    """The printed policy, as the CLI prints it, for a main listener that reads ``a/*`` in eu-west-1 and a route
+    that writes ``b/*`` in us-east-1: no statement lets ``a/*`` be written or read in us-east-1, nor ``b/*`` be
+    reached in eu-west-1 (IAM's own matching: ``*`` any run, ``?`` one character)."""
+    from tests.unit.test_iam_policy import iam_matches, secret_arn
+
+    config = {
+        "upstream": {"region": "eu-west-1"},
+        "policy": {"allow_secrets": ["a/*"], "allow_actions": ["GetSecretValue"]},
+        "routes": [
+            {
+                "port": 8979,
+                "upstream": {"region": "us-east-1"},
+                "policy": {"allow_secrets": ["b/*"], "allow_actions": ["GetSecretValue", "PutSecretValue"]},
+            }
+        ],
+    }
+    out = iam_policy(config, tmp_path, "--account-id", "111122223333")
+    assert out.returncode == 0, out.stderr
+    granted = [
+        (action, resource)
+        for statement in json.loads(out.stdout)["Statement"]
+        if statement["Effect"] == "Allow"
+        for action in statement["Action"]
+        for resource in ([statement["Resource"]] if isinstance(statement["Resource"], str) else statement["Resource"])
+    ]
+
+    def allows(action: str, name: str, region: str) -> bool:
+        arn = secret_arn(name, region, "111122223333")
+        return any(a == f"secretsmanager:{action}" and iam_matches(r, arn) for a, r in granted)
+
+    assert allows("GetSecretValue", "a/x", "eu-west-1") and allows("PutSecretValue", "b/x", "us-east-1")
+    for action, name, region in [
+        ("PutSecretValue", "a/x", "eu-west-1"),
+        ("GetSecretValue", "a/x", "us-east-1"),
+        ("GetSecretValue", "b/x", "eu-west-1"),
+        ("PutSecretValue", "b/x", "eu-west-1"),
+    ]:
+        assert not allows(action, name, region), (action, name, region, out.stdout)

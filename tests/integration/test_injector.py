@@ -379,7 +379,25 @@ def test_host_network_pods_are_refused(injector: Injector) -> None:
     assert response["allowed"] is False and "spec.hostNetwork" in response["status"]["message"]
 
 
+@pytest.mark.parametrize("key", ["shareProcessNamespace", "hostPID"])
+def test_pods_whose_containers_see_each_others_processes_are_refused(injector: Injector, key: str) -> None:
+    """With a shared process namespace, an app running as the proxy's user (65532: distroless's nonroot) reads
+    /proc/<proxy>/root/var/run/secrets/eks.amazonaws.com/serviceaccount/token and the proxy's memory: it would
+    hold the role's credentials after all."""
+    pod = annotated(load_pod("worker-with-aws-env.yaml"))
+    pod["spec"][key] = True
+    response = injector.review(pod)
+    assert response["allowed"] is False and f"spec.{key}" in response["status"]["message"]
+    pod["spec"][key] = False
+    assert injector.review(pod)["allowed"] is True
+
+
 def test_a_malformed_pod_is_refused_not_crashed_on(injector: Injector) -> None:
+    weird_volume = {"containers": [{"name": "a"}], "volumes": [{"name": ["x"], "emptyDir": {}}]}
+    response = injector.review(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": INJECT}, "spec": weird_volume}
+    )
+    assert "allowed" in response  # answered (the API server refuses the name later), not a 500
     for spec in ({"containers": "web"}, {"containers": []}, {"containers": [{"name": "a", "env": {"A": "1"}}]}):
         response = injector.review(
             {"apiVersion": "v1", "kind": "Pod", "metadata": {"annotations": INJECT}, "spec": spec}
@@ -626,3 +644,46 @@ def test_refusal_messages_stay_short_whatever_the_value(injector: Injector) -> N
     pod["metadata"]["annotations"]["query-signing-proxy.io/" + "z" * 300] = "1"
     response = injector.review(pod)
     assert response["allowed"] is False and len(response["status"]["message"]) < 600
+
+
+# ---------------------------------------------------------------------------------------------------------
+# deploy/injector/require-injection: the pods the injector never saw are refused (Kubernetes 1.30+)
+
+REQUIRE_INJECTION = Path(__file__).resolve().parents[2] / "deploy" / "injector" / "require-injection"
+
+
+def admitted_by_policy(pod: dict[str, Any]) -> bool:
+    """The ValidatingAdmissionPolicy of deploy/injector/require-injection on ``pod`` as the API server runs it
+    (CEL, by cel-python): True when it is not matched or every validation holds."""
+    import celpy
+
+    policy = next(
+        d
+        for d in yaml.safe_load_all((REQUIRE_INJECTION / "validatingadmissionpolicy.yaml").read_text())
+        if d["kind"] == "ValidatingAdmissionPolicy"
+    )
+    env = celpy.Environment()
+    activation = {"object": celpy.json_to_cel(pod)}
+
+    def holds(expression: str) -> bool:
+        return bool(env.program(env.compile(expression)).evaluate(activation))
+
+    if not all(holds(c["expression"]) for c in policy["spec"]["matchConditions"]):
+        return True
+    return all(holds(v["expression"]) for v in policy["spec"]["validations"])
+
+
+@pytest.mark.parametrize("mode", ["native", "container"])
+def test_the_require_injection_policy_admits_what_the_injector_made_and_refuses_what_it_never_saw(
+    injector: Injector, mode: str
+) -> None:
+    """A pod annotated for injection in a namespace the injector does not watch reaches the API server as it was
+    written: without the sidecar and without the skip annotation, so the EKS webhook gives its app the role's
+    credentials. The policy refuses exactly that pod, and admits the same pod once the injector has run."""
+    for name in ("web-with-migrations.yaml", "worker-with-aws-env.yaml"):
+        asked = annotated(load_pod(name), mode=mode)
+        assert not admitted_by_policy(asked)  # the injector never saw it
+        assert admitted_by_policy(injector.admit(asked))
+        assert admitted_by_policy(load_pod(name))  # not annotated: not looked at
+        assert admitted_by_policy(annotated(load_pod(name), inject="false"))
+    assert admitted_by_policy(sample_pod() | {"metadata": {"annotations": INJECT}})  # the sidecar by another path

@@ -58,6 +58,7 @@ KNOWN_CREDENTIAL_OPERATIONS = [
     ("ssm", "GetParameter"),  # SecureString values
     ("ssm", "GetAccessToken"),
     ("ssm", "StartSession"),  # the session token
+    ("ssm", "CreateActivation"),  # ActivationCode: "functions like a password", exchanged for role credentials
     ("emr", "GetClusterSessionCredentials"),
     ("glue", "GetConnection"),  # ConnectionProperties {PASSWORD: ...}
     ("sagemaker", "CreatePresignedDomainUrl"),  # a URL that logs into Studio
@@ -65,6 +66,9 @@ KNOWN_CREDENTIAL_OPERATIONS = [
     ("workmail", "AssumeImpersonationRole"),
     ("wafv2", "CreateAPIKey"),
 ]
+
+# Reads whose output holds a list of items the model marks sensitive (not a member): refused on the safe side.
+SENSITIVE_LIST_ITEMS = [("proton", "ListServiceInstanceOutputs"), ("frauddetector", "GetListElements")]
 
 # Operations that must stay served: the product's purpose, and reads that carry no credential.
 NOT_CREDENTIAL_OPERATIONS = [
@@ -129,6 +133,12 @@ def test_every_known_credential_operation_is_flagged(service: str, operation: st
     assert credential_reason(model, operation) is not None
     assert operation in credential_operations(model)
     assert f"{service} {operation}" in {line.split("  #")[0] for line in reviewed()}
+
+
+@pytest.mark.parametrize(("service", "operation"), SENSITIVE_LIST_ITEMS)
+def test_sensitive_list_items_are_flagged(service: str, operation: str) -> None:
+    reason = credential_reason(SESSION.get_service_model(service), operation)
+    assert reason is not None and reason.endswith("[]: sensitive")
 
 
 @pytest.mark.parametrize(("service", "operation"), NOT_CREDENTIAL_OPERATIONS)

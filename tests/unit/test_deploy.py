@@ -38,6 +38,7 @@ SKIP = "eks.amazonaws.com/skip-containers"
 # Native sidecars (restartPolicy on an init container) exist from Kubernetes 1.28 (beta, on by default, 1.29).
 # The plain-container variant is for older clusters: it must validate on the oldest schema we have.
 NATIVE_MIN, OLDEST, LATEST = "1.29.0", "1.25.0", kubernetes_validate.utils.latest_version()
+POLICY_MIN = "1.30.0"  # ValidatingAdmissionPolicy in admissionregistration.k8s.io/v1
 # CRD kinds: checked against the cloudcoil models generated from cert-manager's and the Prometheus Operator's CRDs.
 CRD_MODELS: dict[tuple[str, str], Any] = {
     ("cert-manager.io/v1", "Certificate"): cert_manager.Certificate,
@@ -133,7 +134,10 @@ def test_every_kustomization_renders_and_validates(path: Path) -> None:
         if d["kind"] == "Deployment"
         for c in d["spec"]["template"]["spec"].get("initContainers", [])
     )
-    for version in (OLDEST if plain else NATIVE_MIN, LATEST):
+    oldest = OLDEST if plain else NATIVE_MIN
+    if any(d["kind"].startswith("ValidatingAdmissionPolicy") for d in docs):
+        oldest = POLICY_MIN  # GA (admissionregistration.k8s.io/v1) from 1.30: a layer of its own, for such clusters
+    for version in (oldest, LATEST):
         for doc in docs:
             validate(doc, version)
 
@@ -585,7 +589,7 @@ def injector_root(tmp_path_factory: pytest.TempPathFactory) -> Any:
             return INJECTOR
         copy = tmp_path_factory.mktemp("injector") / "injector"
         shutil.copytree(INJECTOR, copy)
-        for kustomization in copy.rglob(KUSTOMIZATION):
+        for kustomization in (copy / "base" / KUSTOMIZATION, copy / "cert-manager" / KUSTOMIZATION):
             text = kustomization.read_text()
             assert "\nnamespace: query-signing-proxy\n" in text
             kustomization.write_text(text.replace("\nnamespace: query-signing-proxy\n", f"\nnamespace: {namespace}\n"))

@@ -217,33 +217,56 @@ def test_partitions_come_from_the_region(region: str, partition: str, suffix: st
     assert iam_matches(resource, secret_arn("app/db", region, partition=partition))
 
 
-def test_every_configured_region_is_covered() -> None:
-    """``upstream.regions`` (issue 15) and a ``routes:`` entry fronting Secrets Manager in another region."""
+def test_each_listener_is_granted_its_own_secrets_in_its_own_regions() -> None:
+    """``upstream.regions`` (issue 15) and a ``routes:`` entry fronting Secrets Manager in another region, with other
+    actions: each listener's actions on its own secrets in its own regions, and nothing across (the main
+    listener's app/* in us-east-1, the route's writes on app/*, shared/x in eu-west-1 were all granted before)."""
     cfg = config(
         policy={"allow_secrets": ["app/*"]},
         routes=[
             {
                 "port": 8979,
                 "upstream": {"service": "secretsmanager", "region": "us-east-1"},
-                "policy": {"allow_secrets": ["shared/x"]},
+                "policy": {"allow_secrets": ["shared/x"], "allow_actions": ["GetSecretValue", "PutSecretValue"]},
             }
         ],
     )
-    policy = statements(permission_policy(cfg, MODEL, "111122223333"))
-    resources = as_list(policy["SecretsTheConfigAllows"]["Resource"])
-    for region in ("eu-west-1", "us-east-1"):
-        assert f"arn:aws:secretsmanager:{region}:111122223333:secret:app/*" in resources
-        assert f"arn:aws:secretsmanager:{region}:111122223333:secret:shared/x-??????" in resources
-    assert policy["CustomerManagedKeysThroughSecretsManager"]["Condition"]["StringEquals"]["kms:ViaService"] == [
-        "secretsmanager.eu-west-1.amazonaws.com",
-        "secretsmanager.us-east-1.amazonaws.com",
+    document = permission_policy(cfg, MODEL, "111122223333")
+    policy = statements(document)
+    reads = policy["SecretsTheConfigAllows"]
+    assert as_list(reads["Resource"]) == ["arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/*"]
+    assert "secretsmanager:PutSecretValue" not in reads["Action"]
+    writes = policy["SecretsTheConfigAllows2"]
+    assert writes["Action"] == ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"]
+    assert as_list(writes["Resource"]) == ["arn:aws:secretsmanager:us-east-1:111122223333:secret:shared/x-??????"]
+    granted = [
+        (action, resource)
+        for statement in document["Statement"]
+        if statement["Sid"].startswith("SecretsTheConfigAllows")
+        for action in statement["Action"]
+        for resource in as_list(statement["Resource"])
     ]
+    for action, name, region in [
+        ("GetSecretValue", "app/a", "us-east-1"),
+        ("PutSecretValue", "app/a", "eu-west-1"),
+        ("GetSecretValue", "shared/x", "eu-west-1"),
+    ]:
+        arn = secret_arn(name, region)
+        assert not any(a == f"secretsmanager:{action}" and iam_matches(r, arn) for a, r in granted), (action, arn)
+    kms = policy["CustomerManagedKeysThroughSecretsManager"]
+    assert kms["Action"] == ["kms:Decrypt"] and kms["Resource"] == "arn:aws:kms:eu-west-1:111122223333:key/*"
+    kms_writes = policy["CustomerManagedKeysThroughSecretsManager2"]
+    assert kms_writes["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert kms_writes["Condition"]["StringEquals"]["kms:ViaService"] == "secretsmanager.us-east-1.amazonaws.com"
     multi = types.SimpleNamespace(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     multi.upstream = types.SimpleNamespace(service="secretsmanager", region="eu-west-1", regions=("ap-south-1",))
     resources = as_list(
         statements(permission_policy(multi, MODEL, "111122223333"))["SecretsTheConfigAllows"]["Resource"]
     )  # type: ignore[arg-type]
-    assert "arn:aws:secretsmanager:ap-south-1:111122223333:secret:app/*" in resources
+    assert resources == [
+        "arn:aws:secretsmanager:eu-west-1:111122223333:secret:app/*",
+        "arn:aws:secretsmanager:ap-south-1:111122223333:secret:app/*",
+    ]
 
 
 def test_the_account_comes_from_the_role_then_the_flag_then_a_wildcard() -> None:

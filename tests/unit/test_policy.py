@@ -172,17 +172,24 @@ def test_batch_get_secret_value_filters_values_and_errors() -> None:
     assert "hidden" not in repr(out)
 
 
-def test_an_answer_about_another_secret_is_access_denied() -> None:
+def test_an_answer_about_another_secret_is_not_found() -> None:
     """allow_secrets [app/db]: the partial ARN ``...:secret:app/db-foobar`` reads as app/db plus a suffix and
-    passes the request check, but AWS may resolve it to the secret named app/db-foobar: its answer is refused."""
+    passes the request check, but AWS may resolve it to the secret named app/db-foobar: its answer is refused as
+    a secret that does not exist would be."""
     p = policy(secrets=["app/db"])
     partial = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-foobar"
     p.check(op("GetSecretValue", SecretId=partial))
     keep = p.answer_filter
     assert keep is not None
     visible_output(output("GetSecretValue"), {"ARN": ARN.format("app/db"), "Name": "app/db"}, keep)
-    with pytest.raises(errors.AccessDenied):
+    with pytest.raises(errors.SecretNotFound):
         visible_output(output("GetSecretValue"), {"ARN": ARN.format("app/db-foobar"), "Name": "app/db-foobar"}, keep)
+    # a write by it could reach app/db-foobar unseen: refused before any call; by a covering pattern, allowed
+    write = op("PutSecretValue", SecretId=partial, SecretString="x")
+    with pytest.raises(errors.AccessDenied, match="partial ARN of 'app/db-foobar'"):
+        policy(["*"], ["app/db"]).check(write)
+    for covering in (["app/db*"], ["app/db", "app/db-foobar"], ["app/db", partial], ["arn:*:secret:app/db-*"]):
+        policy(["*"], covering).check(write)
 
 
 def test_things_that_are_not_secrets_are_left_alone() -> None:
