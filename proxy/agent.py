@@ -200,14 +200,16 @@ def check_agent_head(request: web.Request, service: Service) -> None:
 
 def get_secret_value(service: Service, query: AgentQuery) -> Operation:
     """The GetSecretValue operation ``query`` asks for, decoded against the model's input shape (lengths of
-    ``SecretId``, ``VersionId``, ``VersionStage``). Raises InvalidParameterValue."""
+    ``SecretId``, ``VersionId``, ``VersionStage``). Raises ValidationError with the service's own code
+    (``InvalidParameterException``, docs/interface.md, "Errors")."""
     op = service.translator.operation_model("GetSecretValue", None)
     data: dict[str, Any] = {"SecretId": query.secret_id}
     if query.version_id is not None:
         data["VersionId"] = query.version_id
     if query.version_stage is not None:
         data["VersionStage"] = query.version_stage
-    return operation_of(op, decode_json_input(data, op, service.translator.limits))
+    with service.translator.validating():
+        return operation_of(op, decode_json_input(data, op, service.translator.limits))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import aiohttp
@@ -42,9 +42,9 @@ from .handler import SERVICE, call_upstream
 from .listing import Listings, PageTokens
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import ADMIN_ROUTE, Handler, query_middleware
-from .models import Endpoint
+from .models import Endpoint, Operation, UpstreamResponse
 from .policy import Policy
-from .service import Service
+from .service import Regional, Service
 from .sharedstore import SharedStore
 from .signing import ClockSkew
 from .stamps import StampTable
@@ -247,8 +247,9 @@ def build_service(
         )
     translator = Translator(model, InputLimits(cfg.limits.max_parameters, cfg.limits.max_list_members))
     policy = Policy.compile(cfg.policy, translator.operation_names, key=f"{prefix}policy", service=up.service)
-    if upstream is None:
-        upstream = H1Upstream(
+
+    def transport() -> Upstream:
+        return upstream or H1Upstream(
             ca_bundle=up.ca_bundle or session.get_config_variable("ca_bundle"),
             connect_timeout=up.connect_timeout_seconds,
             read_timeout=up.read_timeout_seconds,
@@ -257,15 +258,28 @@ def build_service(
             resolver=resolver,
             user_agent=f"query-signing-proxy/{__version__}",
         )
-    # a refresh may take a DescribeSecret and a GetSecretValue, each within the upstream's total timeout
-    cache = SecretCache(
-        cfg.cache,
-        shared.metrics,
-        clock=clock,
-        stamps=shared.stamps,
-        shared=shared.cache_store,
-        lease_seconds=2 * up.total_timeout_seconds,
-    )
+
+    def secret_cache() -> SecretCache:
+        # a refresh may take a DescribeSecret and a GetSecretValue, each within the upstream's total timeout
+        return SecretCache(
+            cfg.cache,
+            shared.metrics,
+            clock=clock,
+            stamps=shared.stamps,
+            shared=shared.cache_store,
+            lease_seconds=2 * up.total_timeout_seconds,
+        )
+
+    # upstream.regions: each region its own endpoint resolution, connection pool, cache entries and listings
+    regions: dict[str, Regional] = {}
+    for i, region in enumerate(up.regions):
+        if region == endpoint.region:
+            continue
+        regional = resolve_endpoint(session, replace(up, region=region), key=f"{prefix}upstream.regions[{i}]")
+        regions[region] = Regional(
+            regional, transport(), secret_cache(), listings(cfg, translator, policy, regional, shared.page_token_key)
+        )
+    cache = secret_cache()
     service = Service(
         upstream_cfg=up,
         limits=cfg.limits,
@@ -273,7 +287,7 @@ def build_service(
         translator=translator,
         policy=policy,
         rules=RuleSettings.from_config(cfg),
-        upstream=upstream,
+        upstream=transport(),
         credentials=shared.credentials,
         attempts=AttemptPolicy(up.max_attempts, up.total_timeout_seconds),
         metrics=shared.metrics,
@@ -282,9 +296,22 @@ def build_service(
         cache=cache,
         guard=CredentialGuard.compile(model, cfg.policy.allow_actions),
         listings=listings(cfg, translator, policy, endpoint, shared.page_token_key),
+        regions=regions,
     )
     cache.call = functools.partial(call_upstream, service)
+    for region, regional_service in regions.items():
+        regional_service.cache.call = region_call(service, region)  # its refreshes go to its own region
     return service
+
+
+def region_call(service: Service, region: str) -> Callable[[Operation], Awaitable[UpstreamResponse]]:
+    """A region's secret cache's upstream call (refresh-ahead, version checks): the cache builds its
+    operations without a region; they are sent to ``region``'s endpoint."""
+
+    async def call(operation: Operation) -> UpstreamResponse:
+        return await call_upstream(service, replace(operation, region=region))
+
+    return call
 
 
 def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endpoint, key: bytes) -> Listings | None:
@@ -302,8 +329,7 @@ def listings(cfg: Config, translator: Translator, policy: Policy, endpoint: Endp
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     shared = app[SHARED]
     service = app[SERVICE]
-    await service.upstream.start()
-    service.cache.start()
+    await start_service(service)
     shared.credentials.on_refresh = lambda result, snap: shared.metrics.credential_refreshes.labels(result=result).inc()
     shared.metrics.credential_expiry.set_function(shared.credentials.seconds_until_expiry)
     shared.metrics.retry_quota_tokens.set_function(lambda: shared.retry_quota.available)
@@ -311,9 +337,27 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await service.cache.close()
+        for cache in service.caches():
+            await cache.close()
         await shared.credentials.close()
-        await service.upstream.aclose()
+        for transport in service.transports():
+            await transport.aclose()
+
+
+async def start_service(service: Service) -> None:
+    """Start every transport of the service (one per region) and every secret cache's refresher."""
+    for transport in service.transports():
+        await transport.start()
+    for cache in service.caches():
+        cache.start()
+
+
+async def close_service(service: Service) -> None:
+    """Stop the secret caches' refreshers, then close the transports."""
+    for cache in service.caches():
+        await cache.close()
+    for transport in service.transports():
+        await transport.aclose()
 
 
 async def _agent_listener_drained(app: web.Application) -> AsyncIterator[None]:
@@ -327,13 +371,11 @@ async def _agent_listener_drained(app: web.Application) -> AsyncIterator[None]:
 async def _route_lifecycle(app: web.Application) -> AsyncIterator[None]:
     """A route's listener opens and closes only its own transport; the main listener owns the credentials."""
     service = app[SERVICE]
-    await service.upstream.start()
-    service.cache.start()
+    await start_service(service)
     try:
         yield
     finally:
-        await service.cache.close()
-        await service.upstream.aclose()
+        await close_service(service)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from botocore.exceptions import InvalidRegionError
+from botocore.utils import validate_region_name
 
 DEFAULT_PORT = 8977
 DEFAULT_ADMIN_PORT = 8978
@@ -62,6 +64,8 @@ class AdminConfig:
 class UpstreamConfig:
     service: str = "secretsmanager"
     region: str | None = None
+    # further regions an SDK call may be signed for, each served at its own regional endpoint (issue 15)
+    regions: tuple[str, ...] = ()
     endpoint_url: str | None = None
     ca_bundle: str | None = None
     allow_insecure_http: bool = False
@@ -378,6 +382,13 @@ def _check_policy(policy: PolicyConfig, key: str) -> None:
 
 
 def _check_upstream(up: UpstreamConfig, key: str) -> None:
+    for i, region in enumerate(up.regions):
+        try:
+            validate_region_name(region)
+        except InvalidRegionError:
+            raise ConfigError(f"{key}.regions[{i}]: {region!r} is not a region name (such as eu-west-1)") from None
+        if region in up.regions[:i]:
+            raise ConfigError(f"{key}.regions[{i}]: {region} is listed twice")
     if up.endpoint_url is not None:
         if up.endpoint_url.startswith("http://"):
             if not up.allow_insecure_http:

@@ -2,7 +2,9 @@
 
 Each class fixes the HTTP status, the Query error ``Code`` and the fault (``Sender`` for 4xx,
 ``Receiver`` for 5xx) from docs/interface.md, "Errors"; the instance carries only a one-line message that says what
-was wrong and how to fix it. Messages never carry credentials, signatures or secret values.
+was wrong and how to fix it. Messages never carry credentials, signatures or secret values. Where an SDK caller
+gets another status or code than a Query caller ("SDK callers": AccessDeniedException 400, ThrottlingException,
+RequestTimeoutException), the class says so in ``sdk_status`` / ``sdk_code`` (:meth:`ProxyError.sdk_answer`).
 Rendering happens in one place (:mod:`proxy.middleware`)::
 
     ProxyError
@@ -13,14 +15,19 @@ Rendering happens in one place (:mod:`proxy.middleware`)::
     │   ├── RequestURITooLong 414     ├── UnknownParameter 400
     │   ├── RequestEntityTooLarge 413 ├── MissingParameter 400 / InvalidParameterValue 400
     │   ├── RequestTimeout 408        ├── MalformedJSON 400 (SerializationException; SDK calls)
-    │   ├── AccessDenied 403          └── InvalidNextToken 400 (InvalidNextTokenException)
+    │   ├── AccessDenied 403 (SDK: AccessDeniedException 400)
+    │   ├── ValidationError 400 (the service's own code: InvalidParameterException)
+    │   ├── RegionNotServed 400 (InvalidRequestException; SDK calls)
+    │   └── InvalidNextToken 400 (InvalidNextTokenException)
     ├── ServerError (5xx, Receiver)
-    │   ├── ServiceUnavailable 503    ├── BadGateway 502
+    │   ├── ServiceUnavailable 503 (SDK: ThrottlingException)
+    │   │                             ├── BadGateway 502
     │   │                             │   ├── UpstreamUnresolvable 502 (final: not retried)
     │   │                             │   ├── UpstreamCertificateInvalid 502 (final: not retried)
     │   │                             │   └── UpstreamUnexpectedStatus 502 (final: 1xx, 3xx)
     │   ├── CredentialsUnavailable 503├── ResponseTooLarge 502
-    │   ├── GatewayTimeout 504        └── UnrepresentableValue 502
+    │   ├── GatewayTimeout 504 (SDK: RequestTimeoutException)
+    │   │                             └── UnrepresentableValue 502
     └── UpstreamError (status and code taken from the upstream's answer)
         └── SecretNotFound 400 (ResourceNotFoundException: an answer about a secret outside allow_secrets)
 
@@ -40,6 +47,9 @@ class ProxyError(Exception):
     status: int = 500
     code: str = "InternalFailure"
     headers: Mapping[str, str] = {}
+    # An SDK caller's status and code where they differ from the Query table (docs/interface.md, "SDK callers").
+    sdk_status: int | None = None
+    sdk_code: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -49,6 +59,11 @@ class ProxyError(Exception):
     def fault(self) -> str:
         """``Sender`` for 4xx, ``Receiver`` for 5xx (docs/interface.md, "Errors")."""
         return "Sender" if self.status < 500 else "Receiver"
+
+    def sdk_answer(self) -> tuple[int, str]:
+        """``(status, code)`` for an SDK caller (docs/interface.md, "SDK callers"): what the service itself
+        would answer, a 5xx kept a 5xx (SDKs retry on it) with a code SDKs retry on where one exists."""
+        return self.sdk_status or self.status, self.sdk_code or self.code
 
 
 class ClientError(ProxyError):
@@ -94,10 +109,12 @@ class MalformedJSON(ClientError):
 
 class MissingAction(ClientError):
     code = "MissingAction"
+    sdk_code = "UnknownOperationException"  # an X-Amz-Target naming no operation, as AWS JSON services say
 
 
 class InvalidAction(ClientError):
     code = "InvalidAction"
+    sdk_code = "UnknownOperationException"
 
 
 class NoSuchVersion(ClientError):
@@ -105,19 +122,50 @@ class NoSuchVersion(ClientError):
 
 
 class UnknownParameter(ClientError):
+    """A Query parameter name the operation's input shape does not have (the Query wire form)."""
+
     code = "UnknownParameter"
 
 
 class MissingParameter(ClientError):
+    """A part of the Query wire form missing: a map entry without its ``key`` or ``value``."""
+
     code = "MissingParameter"
 
 
 class InvalidParameterValue(ClientError):
+    """The Query wire form broken: an index gap in ``A.member.N``, a name given twice, a value on a list or a
+    structure, more than ``limits.max_parameters`` / ``limits.max_list_members``."""
+
     code = "InvalidParameterValue"
 
 
+class ValidationError(ClientError):
+    """A value the model constrains is wrong: its type, its range or length (``min``/``max``), a required
+    member missing. Answered with the service's own validation error, 400 (the model's error shapes carry no
+    status): ``InvalidParameterException`` for Secrets Manager; :func:`proxy.translate.validation_code` gives
+    it for any service, and the translator sets ``code`` to it."""
+
+    code = "InvalidParameterException"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
 class AccessDenied(ClientError):
+    """Denied by the policy, the credential guard, the caller token or the Host rule. An SDK caller gets
+    what AWS answers an IAM denial with: ``AccessDeniedException``, 400."""
+
     status, code = 403, "AccessDenied"
+    sdk_status, sdk_code = 400, "AccessDeniedException"
+
+
+class RegionNotServed(ClientError):
+    """An SDK call signed for a region that is neither ``upstream.region`` nor in ``upstream.regions``."""
+
+    code = "InvalidRequestException"
 
 
 class InvalidNextToken(ClientError):
@@ -132,7 +180,10 @@ class ServerError(ProxyError):
 
 
 class ServiceUnavailable(ServerError):
+    """More than ``limits.max_concurrent_requests`` in flight; SDKs back off and retry on ThrottlingException."""
+
     status, code = 503, "ServiceUnavailable"
+    sdk_code = "ThrottlingException"
     headers = {"Retry-After": "1"}
 
 
@@ -177,6 +228,7 @@ class UnrepresentableValue(ServerError):
 
 class GatewayTimeout(ServerError):
     status, code = 504, "GatewayTimeout"
+    sdk_code = "RequestTimeoutException"  # a transient code in botocore's and the other SDKs' retry rules
     transient = True
 
 

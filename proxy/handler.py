@@ -33,6 +33,8 @@ async def handle_query(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     check_head(request_head(request), service.rules)  # HTTPS / size / header rules
     query = await read_query(request, service.limits.max_body_bytes, service.limits.max_parameters)
+    if query.action in service.translator.operation_names:  # named in the metrics also when refused below
+        ctx.action = query.action
     operation = service.translator.decode(query.action, query.version, query.params)
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
     service.guard.check(operation)
@@ -46,12 +48,13 @@ async def answer_document(request: web.Request, service: Service, ctx: RequestCo
 
     The upstream answer is dropped on return: while a slow client reads, only the document is held."""
     keep = service.policy.answer_filter
-    listings = service.listings
+    regional = service.regional(operation.region)  # the region is part of the cache key and of the tokens
+    listings = regional.listings
     listing = listings.pages(operation) if listings is not None else None
     if listings is not None and listing is not None and keep is not None:  # paged by the proxy
         response = await listings.answer(listing, operation, keep, upstream_call(service, ctx, operation))
     else:
-        response = await service.cache.answer(  # after the policy: a denied request never reaches the cache
+        response = await regional.cache.answer(  # after the policy: a denied request never reaches the cache
             operation,
             request.headers.get("Cache-Control"),
             lambda: send_upstream(service, ctx, operation, *service.translator.json_request(operation)),
@@ -91,16 +94,18 @@ async def send_upstream(
 ) -> UpstreamResponse:
     """Sign with the current credentials and send, with retries (:mod:`proxy.attempts`).
 
-    ``send`` replaces ``service.upstream.send`` (the streaming path, :mod:`proxy.relay`). Records the
+    The endpoint and transport are those of ``operation.region`` (:meth:`~proxy.service.Service.regional`).
+    ``send`` replaces the transport's ``send`` (the streaming path, :mod:`proxy.relay`). Records the
     attempts, the upstream status and the upstream's request id (when it looks like one, :data:`REQUEST_ID`)
     on ``ctx``.
     """
     record = AttemptRecord()
+    regional = service.regional(operation.region)
 
     def build(creds: Snapshot) -> SignedRequest:
         return sign(
             method="POST",
-            endpoint=service.endpoint,
+            endpoint=regional.endpoint,
             headers=headers,
             body=body,
             credentials=creds,
@@ -109,7 +114,7 @@ async def send_upstream(
 
     try:
         response = await send_with_retries(
-            send=send or service.upstream.send,
+            send=send or regional.upstream.send,
             build=build,
             credentials_get=service.credentials.get,
             credentials_refresh=service.credentials.refresh,

@@ -150,12 +150,19 @@ class MotoServer:
         """Switch moto's IAM signature checking on (every request verified) or off."""
         self.request("POST", "/moto-api/reset-auth", b"0" if on else b"inf")
 
-    def client(self, service: str, access_key: str = "seed", secret_key: str = "seed", token: str | None = None) -> Any:
-        """A botocore client speaking straight to the emulator."""
+    def client(
+        self,
+        service: str,
+        access_key: str = "seed",
+        secret_key: str = "seed",
+        token: str | None = None,
+        region: str = REGION,
+    ) -> Any:
+        """A botocore client speaking straight to the emulator, signing for ``region``."""
         session = botocore.session.Session()
         return session.create_client(
             service,
-            region_name=REGION,
+            region_name=region,
             endpoint_url=self.url,
             verify=self.ca_file,
             aws_access_key_id=access_key,

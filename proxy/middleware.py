@@ -3,8 +3,12 @@
 Errors are rendered here and only here: a :class:`~proxy.errors.ProxyError` becomes the Query
 ``ErrorResponse`` of docs/interface.md, "Errors" (the shape botocore's ``QueryParser`` reads), or for an SDK's AWS JSON
 call (:func:`~proxy.parse.is_sdk_request`) the JSON 1.1 error ``{"__type": ..., "message": ...}`` that
-botocore's ``JSONParser`` reads; anything else is logged by class name and answered as a generic 500
-``InternalFailure`` without its text.
+botocore's ``JSONParser`` reads, with the SDK table's status and code (:meth:`~proxy.errors.ProxyError.sdk_answer`);
+anything else is logged by class name and answered as a generic 500 ``InternalFailure`` without its text.
+
+``query_signing_proxy_requests_total`` is labelled by the error code the caller saw, on both paths: the code of
+the proxy's own error, or of a relayed upstream error (``RequestContext.error_code``, read from the JSON ``__type``,
+``X-Amzn-ErrorType`` or the XML ``<Code>``), ``OK`` for a success.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class RequestContext:
     upstream_status: int | None = None
     attempts: int = 0
     sdk: bool = False  # an SDK's AWS JSON call: errors are rendered as JSON 1.1
+    error_code: str | None = None  # the code of an upstream error answer relayed as it came (metrics)
     # Set when a streamed answer ended early: 499 (the client went away) or 502 (the upstream failed).
     stream_status: int | None = None
     stream_code: str | None = None
@@ -89,13 +94,21 @@ def json_error_document(code: str, message: str) -> bytes:
 
 
 def error_response(error: errors.ProxyError, request_id: str, sdk: bool = False) -> web.Response:
-    """The error answer in the caller's protocol: Query XML, or AWS JSON 1.1 when ``sdk``."""
+    """The error answer in the caller's protocol: Query XML with the Query table's status and code, or AWS JSON
+    1.1 with the SDK table's (:meth:`~proxy.errors.ProxyError.sdk_answer`) when ``sdk``."""
     headers = {"x-amzn-RequestId": request_id, **error.headers}
     if sdk:
-        body, content_type = json_error_document(error.code, error.message), JSON_ERROR_TYPE
+        status, code = error.sdk_answer()
+        body, content_type = json_error_document(code, error.message), JSON_ERROR_TYPE
     else:
-        body, content_type = error_document(error.code, error.message, error.fault, request_id), XML_TYPE
-    return web.Response(status=error.status, body=body, content_type=content_type, headers=headers)
+        status, code = error.status, error.code
+        body, content_type = error_document(code, error.message, error.fault, request_id), XML_TYPE
+    return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+
+
+def answered_code(error: errors.ProxyError, sdk: bool) -> tuple[int, str]:
+    """The status and code the caller sees for ``error`` (the metrics' and access line's view)."""
+    return error.sdk_answer() if sdk else (error.status, error.code)
 
 
 _HTTP_ERRORS: dict[int, type[errors.ProxyError]] = {
@@ -166,17 +179,18 @@ def query_middleware(
             finally:
                 in_flight -= 1
                 metrics.in_flight.dec()
-            status, code = response.status, "OK" if response.status < 400 else str(response.status)
+            status = response.status
+            code = "OK" if status < 400 else ctx.error_code or str(status)
             if ctx.stream_status is not None:
                 status, code = ctx.stream_status, ctx.stream_code or str(ctx.stream_status)
         except errors.ProxyError as exc:
             response = render(exc, ctx)
-            status, code = response.status, exc.code
+            status, code = response.status, answered_code(exc, ctx.sdk)[1]
         except web.HTTPException as exc:
             cls = _HTTP_ERRORS.get(exc.status)
             err: errors.ProxyError = cls(exc.reason) if cls is not None else errors.ProxyError(f"HTTP {exc.status}")
             response = render(err, ctx)
-            status, code = response.status, err.code
+            status, code = response.status, answered_code(err, ctx.sdk)[1]
         except asyncio.CancelledError:
             status, code = 499, "ClientClosedRequest"
             raise

@@ -32,7 +32,9 @@ class Operation:
 
     ``retryable`` is the retry rule of docs/interface.md, "The upstream request": a read, or a write that carries an
     idempotency token. ``checked_on_answer``: a read whose answer names the secret it is about (``ARN``,
-    ``Name``), so that the policy can check which secret AWS chose before anything is answered."""
+    ``Name``), so that the policy can check which secret AWS chose before anything is answered. ``region`` is the
+    region an SDK call was signed for when it is one of ``upstream.regions``; None means ``upstream.region``
+    (every Query request)."""
 
     name: str
     input: dict[str, Any]
@@ -40,6 +42,7 @@ class Operation:
     is_read: bool
     retryable: bool
     checked_on_answer: bool = False
+    region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,8 @@ async def handle_passthrough(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     check_head(request_head(request), service.rules)
     query = await read_query(request, service.limits.max_body_bytes, service.limits.max_parameters)
+    if query.action in service.translator.operation_names:  # named in the metrics also when refused below
+        ctx.action = query.action
     operation = service.translator.decode(query.action, query.version, query.params)
     ctx.action, ctx.secret_ids = operation.name, operation.secret_ids
     service.guard.check(operation)

@@ -109,9 +109,10 @@ async def relay(
     """
     opened: list[UpstreamStream] = []
     limit = service.limits.max_response_bytes
+    transport = service.regional(operation.region).upstream
 
     async def open_stream(signed: SignedRequest) -> UpstreamResponse:
-        stream = await service.upstream.open(signed)
+        stream = await transport.open(signed)
         if stream.status < 300:
             opened.append(stream)
             return UpstreamResponse(stream.status, stream.headers, b"")
@@ -129,8 +130,10 @@ async def relay(
     if answered is not None:
         answered()
     if not opened:
+        error = upstream_error(answer)
         if not wire.holds(answer.body):
-            raise upstream_error(answer)
+            raise error
+        ctx.error_code = error.code  # relayed unchanged; the metrics still name its code
         return web.Response(
             status=answer.status, body=answer.body, headers=answer_headers(answer.headers, ctx.request_id)
         )

@@ -25,8 +25,10 @@ import datetime
 import functools
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -74,6 +76,24 @@ def sdk_operation(translator: Translator, target: str, content_type: str) -> Ope
     return translator.operation_model(name, None)
 
 
+# The region of a SigV4 Authorization header's credential scope, as every SDK writes it:
+# "AWS4-HMAC-SHA256 Credential=<key id>/<yyyymmdd>/<region>/<service>/aws4_request, SignedHeaders=..., Signature=..."
+# (AWS, "Elements of an AWS API request signature"). Anything else (unsigned, SigV4a, a scope without a region)
+# reads as no region. Bounded, anchored: linear in the header's length.
+_SCOPE_REGION = re.compile(
+    r"AWS4-HMAC-SHA256\s+Credential=[^/\s,]{1,128}/[0-9]{8}/([A-Za-z0-9-]{1,64})/[^/\s,]{1,64}/aws4_request"
+)
+
+
+def signed_region(authorization: str | None) -> str | None:
+    """The region an SDK signed its call for, from its SigV4 ``Authorization`` header; None when it names none.
+
+    The signature itself is thrown away (the proxy signs again); only the region is kept, to send the call
+    where the app meant it to go (docs/interface.md, "SDK calls")."""
+    found = _SCOPE_REGION.match((authorization or "").strip())
+    return found.group(1) if found else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # JSON body -> typed input
 
@@ -118,48 +138,48 @@ class _Decoder:
             return self.map(shape, value, path)
         self.values += 1
         if self.values > self.limits.max_parameters:
-            raise errors.InvalidParameterValue(
+            raise errors.ValidationError(
                 f"more than limits.max_parameters ({self.limits.max_parameters}) values in one request"
             )
         return _scalar(shape, value, path)
 
     def structure(self, shape: StructureShape, value: Any, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise errors.InvalidParameterValue(f"{path or 'the body'}: must be a JSON object ({shape.name})")
+            raise errors.ValidationError(f"{path or 'the body'}: must be a JSON object ({shape.name})")
         members = {m.serialization.get("name", name): (name, m) for name, m in shape.members.items()}
         out: dict[str, Any] = {}
         for key, item in value.items():
             found = members.get(key)
             where = f"{path}.{key}" if path else key
             if found is None:
-                raise errors.UnknownParameter(f"{where} is not a member of {shape.name}")
+                raise errors.ValidationError(f"{where} is not a member of {shape.name}")
             if item is None:  # an explicit null is an absent member, as AWS reads it
                 continue
             name, member = found
             out[name] = self.decode(member, item, where)
         for required in shape.required_members:
             if required not in out:
-                raise errors.MissingParameter(f"{f'{path}.{required}' if path else required} is required")
+                raise errors.ValidationError(f"{f'{path}.{required}' if path else required} is required")
         return out
 
     def check_count(self, shape: Shape, count: int, path: str, what: str) -> None:
         """A list's items or a map's entries (``what``): at most ``limits.max_list_members``, and within the
         model's ``min``/``max``. Raises InvalidParameterValue naming ``path``."""
         if count > self.limits.max_list_members:
-            raise errors.InvalidParameterValue(
+            raise errors.ValidationError(
                 f"{path}: {count} {what} is over limits.max_list_members ({self.limits.max_list_members})"
             )
-        check_range(shape, count, path, f"the number of {what}")
+        check_range(shape, count, path, what)
 
     def list(self, shape: ListShape, value: Any, path: str) -> list[Any]:
         if not isinstance(value, list):
-            raise errors.InvalidParameterValue(f"{path}: must be a JSON array")
+            raise errors.ValidationError(f"{path}: must be a JSON array")
         self.check_count(shape, len(value), path, "items")
         return [self.decode(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
 
     def map(self, shape: MapShape, value: Any, path: str) -> dict[Any, Any]:
         if not isinstance(value, dict):
-            raise errors.InvalidParameterValue(f"{path}: must be a JSON object")
+            raise errors.ValidationError(f"{path}: must be a JSON object")
         self.check_count(shape, len(value), path, "entries")
         return {
             self.decode(shape.key, k, f"{path} key"): self.decode(shape.value, v, f"{path}.{k}")
@@ -171,21 +191,21 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
     kind = shape.type_name
     if kind == "string":
         if not isinstance(value, str):
-            raise errors.InvalidParameterValue(f"{path}: must be a string")
-        check_range(shape, len(value), path, "the length")
+            raise errors.ValidationError(f"{path}: must be a string")
+        check_range(shape, len(value), path, "length")
         return value
     if kind in ("integer", "long"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise errors.InvalidParameterValue(f"{path}: must be an integer")
-        check_range(shape, value, path, "the value")
+            raise errors.ValidationError(f"{path}: must be an integer")
+        check_range(shape, value, path, "value")
         return value
     if kind in ("float", "double"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise errors.InvalidParameterValue(f"{path}: must be a finite number")
+            raise errors.ValidationError(f"{path}: must be a finite number")
         return float(value)
     if kind == "boolean":
         if not isinstance(value, bool):
-            raise errors.InvalidParameterValue(f"{path}: must be true or false")
+            raise errors.ValidationError(f"{path}: must be true or false")
         return value
     if kind == "blob":
         try:
@@ -193,8 +213,8 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
         except (binascii.Error, ValueError):
             raw = None
         if raw is None:
-            raise errors.InvalidParameterValue(f"{path}: must be a base64 string (RFC 4648, with padding)")
-        check_range(shape, len(raw), path, "the length in bytes")
+            raise errors.ValidationError(f"{path}: must be a base64 string (RFC 4648, with padding)")
+        check_range(shape, len(raw), path, "bytes")
         return raw
     if kind == "timestamp":
         try:
@@ -204,21 +224,22 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
                 return parse_timestamp(value)
         except (ValueError, TypeError, OverflowError, OSError):
             pass
-        raise errors.InvalidParameterValue(f"{path}: must be epoch seconds or an ISO 8601 timestamp")
-    raise errors.InvalidParameterValue(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
+        raise errors.ValidationError(f"{path}: must be epoch seconds or an ISO 8601 timestamp")
+    raise errors.ValidationError(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
 
 
 def decode_json_input(doc: Any, operation: OperationModel, limits: InputLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Decode a parsed JSON 1.1 body into the operation's input as botocore-typed data (the same form
     :func:`~proxy.translate.decode_input` gives for awsQuery), filling a missing idempotency token with a UUID.
 
-    Raises UnknownParameter (a member the input shape lacks), MissingParameter (a required member absent),
-    InvalidParameterValue (wrong JSON type, outside the model's min/max, over a ``limits`` count).
+    Raises ValidationError for anything wrong in the body's content (an SDK caller gets the service's own
+    validation error for all of it, docs/interface.md, "SDK callers"): a member the input shape lacks, a
+    required member absent, a wrong JSON type, outside the model's min/max, over a ``limits`` count.
     """
     shape = operation.input_shape
     if shape is None:
         if doc not in ({}, None):
-            raise errors.UnknownParameter(f"{operation.name} takes no parameters")
+            raise errors.ValidationError(f"{operation.name} takes no parameters")
         return {}
     result = _Decoder(limits).structure(shape, doc, "")
     for member in operation.idempotent_members:
@@ -228,8 +249,12 @@ def decode_json_input(doc: Any, operation: OperationModel, limits: InputLimits =
 
 
 def decode_sdk_call(translator: Translator, op: OperationModel, body: bytes) -> Operation:
-    """An SDK call's body as the :class:`~proxy.models.Operation` the policy and the serializer take."""
-    return operation_of(op, decode_json_input(load_json(body), op, translator.limits))
+    """An SDK call's body as the :class:`~proxy.models.Operation` the policy and the serializer take.
+
+    Raises MalformedJSON (:func:`load_json`) and ValidationError with the service's code
+    (:attr:`~proxy.translate.Translator.validation_code`)."""
+    with translator.validating():
+        return operation_of(op, decode_json_input(load_json(body), op, translator.limits))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,7 +294,7 @@ async def filtered_answer(
     upstream's error for a non-JSON error body, BadGateway for a success that is not a JSON object, and
     SecretNotFound for an answer about a secret ``keep`` refuses.
     """
-    listings = service.listings
+    listings = service.regional(operation.region).listings  # tokens bound to the region's endpoint
     listing = listings.pages(operation) if listings is not None else None
     if listings is not None and listing is not None:  # paged by the proxy (proxy/listing.py)
         response = await listings.answer(listing, operation, keep, upstream_call(service, ctx, operation))
@@ -279,8 +304,10 @@ async def filtered_answer(
     if response.status >= 300:
         if service.policy.ambiguous(operation):
             raise answer_error(response, True)  # answered as an answer about a hidden secret is
+        error = upstream_error(response)
         if not AWS_JSON.holds(response.body):
-            raise upstream_error(response)
+            raise error
+        ctx.error_code = error.code
         return web.Response(status=response.status, body=response.body, headers=out_headers)
     try:
         doc = json.loads(response.body) if response.body.strip() else {}
@@ -297,22 +324,25 @@ async def filtered_answer(
 
 
 async def handle_sdk(request: web.Request) -> web.StreamResponse:
-    """Answer one SDK call: rules -> target -> bounded body -> decode -> guard -> policy -> JSON 1.1 ->
-    sign -> send -> relay the JSON answer unchanged."""
+    """Answer one SDK call: rules -> target -> the signed region -> bounded body -> decode -> guard -> policy ->
+    JSON 1.1 -> sign for that region -> send to its endpoint -> relay the JSON answer unchanged."""
     service: Service = request.app[SERVICE]
     ctx = context(request)
     check_head(request_head(request), service.rules)
     op = sdk_operation(service.translator, request.headers.get("X-Amz-Target", ""), request.content_type)
     ctx.action = op.name
+    region = signed_region(request.headers.get("Authorization"))
+    service.regional(region)  # a region the listener does not serve is refused before the body is read
     body = await read_body(request, service.limits.max_body_bytes)
-    operation = decode_sdk_call(service.translator, op, body)
+    operation = replace(decode_sdk_call(service.translator, op, body), region=region)
     ctx.secret_ids = operation.secret_ids
     service.guard.check(operation)
     service.policy.check(operation)
     headers, payload = service.translator.json_request(operation)
     keep, output = service.policy.answer_filter, op.output_shape
-    # a write leaves no cached answer of the secrets it names, in any worker, before it is answered (the
-    # relay writes as it reads: its hook runs before the first byte; the finally covers errors and timeouts)
+    # a write leaves no cached answer of the secrets it names, in any worker and any region (the stamp table is
+    # the process's), before it is answered (the relay writes as it reads: its hook runs before the first byte;
+    # the finally covers errors and timeouts)
     forget = None
     if not operation.is_read and service.cache.enabled:
         forget = functools.partial(service.cache.invalidate, operation.secret_ids)

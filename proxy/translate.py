@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -99,8 +100,10 @@ def decode_input(
     ``idempotencyToken``, e.g. ``ClientRequestToken``) get a fresh UUID, as botocore's
     ``generate_idempotent_uuid`` handler does.
 
-    Raises UnknownParameter (a name the input shape lacks), MissingParameter (a required member absent),
-    InvalidParameterValue (wrong type, out of the model's min/max, an index gap, over a ``limits`` count).
+    Raises the Query wire form's errors: UnknownParameter (a name the input shape lacks), InvalidParameterValue
+    (an index gap, a name given twice, a value on a list or structure, over a ``limits`` count), MissingParameter
+    (a map entry without its key or value); and ValidationError for what the model constrains (a wrong type, out
+    of the model's min/max, a required member absent), docs/interface.md, "Errors".
     """
     root = _tree(params, limits)
     shape = operation.input_shape
@@ -138,15 +141,31 @@ def _decode(shape: Shape, node: _Node, path: str, limits: InputLimits) -> Any:
     return _decode_scalar(shape, node.value, path)
 
 
-def check_range(shape: Shape, length: float, path: str, what: str) -> None:
-    """The model's ``min``/``max`` for ``shape`` (a length, a count or a value, as ``what`` says).
+# How a bound reads for each kind of measure, in Secrets Manager's own words ("ClientRequestToken must be 32-64
+# characters long.", "RotationRules.AutomaticallyAfterDays must be within 1-1000."): (verb, unit).
+RANGE_WORDS = {
+    "value": ("be", ""),
+    "length": ("be", " characters long"),
+    "bytes": ("be", " bytes long"),
+    "items": ("have", " items"),
+    "entries": ("have", " entries"),
+}
 
-    Raises InvalidParameterValue naming ``path``."""
+
+def check_range(shape: Shape, measure: float, path: str, what: str) -> None:
+    """The model's ``min``/``max`` for ``shape``, applied to ``measure``: a value, a length in characters or
+    bytes, a number of items or entries (``what``, a key of :data:`RANGE_WORDS`).
+
+    Raises ValidationError naming ``path`` in the service's wording (``Name must be 1-512 characters long.``)."""
     lo, hi = shape.metadata.get("min"), shape.metadata.get("max")
-    if lo is not None and length < lo:
-        raise errors.InvalidParameterValue(f"{path}: {what} must be at least {lo}, got {length}")
-    if hi is not None and length > hi:
-        raise errors.InvalidParameterValue(f"{path}: {what} must be at most {hi}, got {length}")
+    if (lo is None or measure >= lo) and (hi is None or measure <= hi):
+        return
+    verb, unit = RANGE_WORDS[what]
+    if lo is not None and hi is not None:
+        bound = f"within {lo}-{hi}" if what == "value" else f"{lo}-{hi}"
+    else:
+        bound = f"at least {lo}" if lo is not None else f"at most {hi}"
+    raise errors.ValidationError(f"{path} must {verb} {bound}{unit}.")
 
 
 def _no_direct_value(node: _Node, path: str, kind: str, hint: str) -> None:
@@ -167,7 +186,7 @@ def _decode_structure(shape: StructureShape, node: _Node, path: str, limits: Inp
         out[name] = _decode(member_shape, child, _join(path, wire), limits)
     for required in shape.required_members:
         if required not in out:
-            raise errors.MissingParameter(f"{_join(path, required)} is required")
+            raise errors.ValidationError(f"{_join(path, required)} is required")
     return out
 
 
@@ -206,7 +225,7 @@ def _decode_list(shape: ListShape, node: _Node, path: str, limits: InputLimits) 
     base = path if flattened else f"{path}.{list_name}"
     items = _indexed(container, base, limits)
     out = [_decode(shape.member, item, f"{base}.{i}", limits) for i, item in enumerate(items, 1)]
-    check_range(shape, len(out), path, "the number of items")
+    check_range(shape, len(out), path, "items")
     return out
 
 
@@ -235,50 +254,50 @@ def _decode_map(shape: MapShape, node: _Node, path: str, limits: InputLimits) ->
             raise errors.MissingParameter(f"{where}.{value_name} is required")
         k = _decode(shape.key, entry.children[key_name], f"{where}.{key_name}", limits)
         out[k] = _decode(shape.value, entry.children[value_name], f"{where}.{value_name}", limits)
-    check_range(shape, len(out), path, "the number of entries")
+    check_range(shape, len(out), path, "entries")
     return out
 
 
 def _decode_scalar(shape: Shape, value: str, path: str) -> Any:
     kind = shape.type_name
     if kind == "string":
-        check_range(shape, len(value), path, "the length")
+        check_range(shape, len(value), path, "length")
         return value
     if kind in ("integer", "long"):
         if not _INTEGER.fullmatch(value):
-            raise errors.InvalidParameterValue(f"{path}: must be an integer, got {_show(value)}")
+            raise errors.ValidationError(f"{path}: must be an integer, got {_show(value)}")
         number = int(value)
-        check_range(shape, number, path, "the value")
+        check_range(shape, number, path, "value")
         return number
     if kind in ("float", "double"):
         try:
             real = float(value)
         except ValueError:
-            raise errors.InvalidParameterValue(f"{path}: must be a number, got {_show(value)}") from None
+            raise errors.ValidationError(f"{path}: must be a number, got {_show(value)}") from None
         if real != real or real in (float("inf"), float("-inf")):
-            raise errors.InvalidParameterValue(f"{path}: must be a finite number")
+            raise errors.ValidationError(f"{path}: must be a finite number")
         return real
     if kind == "boolean":
         lowered = value.lower()
         if lowered not in ("true", "false"):
-            raise errors.InvalidParameterValue(f"{path}: must be true or false, got {_show(value)}")
+            raise errors.ValidationError(f"{path}: must be true or false, got {_show(value)}")
         return lowered == "true"
     if kind == "blob":
         try:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise errors.InvalidParameterValue(f"{path}: must be base64 (RFC 4648, with padding)") from None
-        check_range(shape, len(raw), path, "the length in bytes")
+            raise errors.ValidationError(f"{path}: must be base64 (RFC 4648, with padding)") from None
+        check_range(shape, len(raw), path, "bytes")
         return raw
     if kind == "timestamp":
         try:
             stamp = parse_timestamp(value)
         except (ValueError, TypeError, OverflowError):
-            raise errors.InvalidParameterValue(
+            raise errors.ValidationError(
                 f"{path}: must be an ISO 8601 timestamp such as 2018-04-11T20:05:45.713Z"
             ) from None
         return stamp
-    raise errors.InvalidParameterValue(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
+    raise errors.ValidationError(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
 
 
 def _show(value: str) -> str:
@@ -378,6 +397,26 @@ def operation_of(op: OperationModel, data: dict[str, Any]) -> Operation:
     )
 
 
+# The error shapes a service model may name for a request the model's constraints refuse, in order of preference.
+VALIDATION_SHAPES = ("InvalidParameterException", "ValidationException")
+# Without one: what AWS services of the protocol answer (awsQuery services: ValidationError; JSON: ValidationException).
+VALIDATION_DEFAULTS = {"query": "ValidationError", "json": "ValidationException"}
+
+
+def validation_code(service_model: ServiceModel) -> str:
+    """The code of the service's own validation error (docs/interface.md, "Errors"): the wire code of its
+    ``InvalidParameterException`` error shape (Secrets Manager: ``InvalidParameterException``; SNS:
+    ``InvalidParameter``), else of its ``ValidationException``, else the protocol's usual
+    (:data:`VALIDATION_DEFAULTS`)."""
+    shapes = {shape.name: shape for shape in service_model.error_shapes}
+    for name in VALIDATION_SHAPES:
+        shape = shapes.get(name)
+        if shape is not None:
+            code: str = shape.metadata.get("error", {}).get("code", name)
+            return code
+    return VALIDATION_DEFAULTS.get(service_model.protocol, "ValidationException")
+
+
 class Translator:
     """awsQuery <-> AWS JSON 1.1 for one service model; built once at start-up, shared by all requests.
 
@@ -389,6 +428,7 @@ class Translator:
         self.service_model = service_model
         self.limits = limits
         self.api_version: str = service_model.api_version
+        self.validation_code = validation_code(service_model)
         prefix = service_model.endpoint_prefix
         self.xmlns = f"https://{prefix}.amazonaws.com/doc/{self.api_version}/"
         self._serializer = JSONSerializer()
@@ -416,9 +456,20 @@ class Translator:
         return op
 
     def decode(self, action: str, version: str | None, params: Iterable[tuple[str, str]]) -> Operation:
-        """Validate ``Action``/``Version`` and decode the parameters (see :func:`decode_input`)."""
+        """Validate ``Action``/``Version`` and decode the parameters (see :func:`decode_input`; a ValidationError
+        carries :attr:`validation_code`)."""
         op = self.operation_model(action, version)
-        return operation_of(op, decode_input(params, op, self.limits))
+        with self.validating():
+            return operation_of(op, decode_input(params, op, self.limits))
+
+    @contextlib.contextmanager
+    def validating(self) -> Iterator[None]:
+        """Give a ValidationError raised inside the service's own code (:func:`validation_code`)."""
+        try:
+            yield
+        except errors.ValidationError as exc:
+            exc.code = self.validation_code
+            raise
 
     def json_request(self, operation: Operation) -> tuple[dict[str, str], bytes]:
         """The AWS JSON 1.1 request (headers ``X-Amz-Target`` and ``Content-Type``, body) for an operation."""
@@ -580,8 +631,9 @@ _FALLBACK_CODES = {503: "ServiceUnavailable", 403: "AccessDenied"}
 def upstream_error(response: UpstreamResponse) -> errors.UpstreamError:
     """The error an upstream answer carries, per docs/interface.md, "Errors", "Errors from the upstream".
 
-    Code is the JSON ``__type`` (or ``code``) without namespace (``...#``) or ``:`` suffix, the awsQuery-compatible
-    ``x-amzn-query-error`` header when present, or the ``<Code>`` of an XML error body; with none (HTML, empty)
+    Code is the JSON ``__type`` (or ``code``) without namespace (``...#``) or ``:`` suffix, else the
+    ``X-Amzn-ErrorType`` header the same way, the awsQuery-compatible ``x-amzn-query-error`` header when present,
+    or the ``<Code>`` of an XML error body; with none (HTML, empty)
     ``ServiceUnavailable`` for 503, ``AccessDenied`` for 403, ``InternalFailure`` for other 5xx and
     ``BadRequest`` for other 4xx. The status is the upstream's.
     """
@@ -597,12 +649,15 @@ def upstream_error(response: UpstreamResponse) -> errors.UpstreamError:
         if isinstance(doc, dict):
             raw = doc.get("__type") or doc.get("code") or doc.get("Code")
             if isinstance(raw, str) and raw:
-                code = raw.rsplit("#", 1)[-1].split(":", 1)[0]
+                code = _bare_code(raw)
             msg = doc.get("message") or doc.get("Message")
             if isinstance(msg, str):
                 message = msg
     elif stripped.startswith(b"<"):
         code, message = _xml_error(body)
+    error_type = response.header("X-Amzn-ErrorType")
+    if not code and error_type:
+        code = _bare_code(error_type)
     query_error = response.header("x-amzn-query-error")
     if query_error:
         code = query_error.split(";", 1)[0] or code
@@ -623,6 +678,12 @@ def answer_error(response: UpstreamResponse, ambiguous: bool) -> errors.Upstream
     if ambiguous and error.code == "ResourceNotFoundException":
         return errors.SecretNotFound()
     return error
+
+
+def _bare_code(raw: str) -> str | None:
+    """``aws.protocols#ThrottlingException:http://...`` -> ``ThrottlingException`` (botocore's JSON parser's
+    reading of ``__type`` and ``X-Amzn-ErrorType``)."""
+    return raw.split(":", 1)[0].rsplit("#", 1)[-1].strip() or None
 
 
 def _xml_error(body: bytes) -> tuple[str | None, str | None]:

@@ -63,9 +63,11 @@ class Emulator:
     def ca_file(self) -> str:
         return self.server.ca_file
 
-    def direct(self, service: str = "secretsmanager") -> Any:
-        """A signed botocore JSON client straight to the emulator, as the admin user."""
-        return self.server.client(service, self.admin_key["AccessKeyId"], self.admin_key["SecretAccessKey"])
+    def direct(self, service: str = "secretsmanager", region: str = REGION) -> Any:
+        """A signed botocore JSON client straight to the emulator, as the admin user, in ``region``."""
+        return self.server.client(
+            service, self.admin_key["AccessKeyId"], self.admin_key["SecretAccessKey"], region=region
+        )
 
 
 @pytest.fixture(scope="session")

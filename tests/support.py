@@ -184,6 +184,22 @@ def legacy_client(url: str, tmp_root: str, service: str = "secretsmanager", veri
     )
 
 
+def sdk_client(
+    url: str, *, service: str = "secretsmanager", region: str = REGION, token: str | None = None, **config: Any
+) -> Any:
+    """An AWS SDK client exactly as an app builds it: placeholder keys, the proxy at ``url`` as its endpoint, signing
+    for ``region``; no retries unless ``config`` says otherwise."""
+    return botocore.session.Session().create_client(
+        service,
+        region_name=region,
+        endpoint_url=url,
+        aws_access_key_id="AKIDPLACEHOLDER0000",
+        aws_secret_access_key="placeholder-secret",
+        aws_session_token=token,
+        config=BotocoreConfig(**{"retries": {"max_attempts": 1}, **config}),
+    )
+
+
 def first_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     """The value of the first header called ``name`` (names compared without case), or None."""
     wanted = name.lower()

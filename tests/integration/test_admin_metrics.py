@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.local import DEMO_SECRET, DEMO_SECRET_VALUE
 from proxy.metrics import Metrics
 from tests.conftest import Emulator
 from tests.serving import Served
-from tests.support import ServerThread, legacy_client, poll, proxy_config, raw_request
+from tests.support import ServerThread, legacy_client, poll, proxy_config, raw_request, sdk_client
 
 QUERY = f"/?Action=GetSecretValue&SecretId={DEMO_SECRET.replace('/', '%2F')}&Version=2017-10-17"
 
@@ -65,6 +66,39 @@ def served(emulator: Emulator, demo_env: None) -> Iterator[Callable[..., Served]
     yield start
     for server in reversed(started):
         server.__exit__(None, None, None)
+
+
+def test_requests_are_labelled_by_the_error_code_on_both_paths(
+    served: Callable[..., Served], tmp_path_factory: Any
+) -> None:
+    """One dashboard query serves Query and SDK callers: a relayed upstream error is counted under its code (the
+    JSON ``__type``), and so is each of the proxy's own errors, as the caller saw it."""
+    proxy = served(policy={"allow_actions": ["GetSecretValue"]})
+    url = f"http://127.0.0.1:{proxy.port}"
+    legacy, sdk = legacy_client(url, str(tmp_path_factory.getbasetemp())), sdk_client(url)
+    before = scrape(proxy.admin_port)
+    for client in (legacy, sdk):
+        with pytest.raises(client.exceptions.ResourceNotFoundException):
+            client.get_secret_value(SecretId="demo/no-such-secret")
+        with pytest.raises(ClientError):
+            client.describe_secret(SecretId=DEMO_SECRET)  # denied by the policy
+        with pytest.raises(ClientError):
+            client.get_secret_value(SecretId=DEMO_SECRET, VersionStage="x" * 257)  # over the model's max
+    after = scrape(proxy.admin_port)
+
+    def moved(action: str, code: str) -> float:
+        labels = {"action": action, "code": code}
+        return value(after, "query_signing_proxy_requests_total", **labels) - value(
+            before, "query_signing_proxy_requests_total", **labels
+        )
+
+    assert moved("GetSecretValue", "ResourceNotFoundException") == 2  # not "404" for the SDK call
+    assert moved("GetSecretValue", "InvalidParameterException") == 2
+    assert moved("DescribeSecret", "AccessDenied") == 1  # the Query caller's code ...
+    assert moved("DescribeSecret", "AccessDeniedException") == 1  # ... and the SDK caller's
+    assert not any(
+        name == "query_signing_proxy_requests_total" and dict(labels)["code"].isdigit() for name, labels in after
+    )
 
 
 def test_admin_listener_serves_only_admin_and_query_port_serves_no_admin(served: Callable[..., Served]) -> None:

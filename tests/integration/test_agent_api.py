@@ -336,9 +336,10 @@ def test_the_last_of_a_repeated_parameter_wins(agent: Agent) -> None:
 
 def test_values_outside_the_model_are_invalid_parameters(agent: Agent) -> None:
     resp = agent.get(f"/secretsmanager/get?secretId={quote(DEMO_SECRET, safe='')}&versionId=short")
-    assert resp.status == 400 and error_of(resp)["__type"] == "InvalidParameterValue"
+    assert resp.status == 400 and error_of(resp)["__type"] == "InvalidParameterException"  # the service's own
+    assert error_of(resp)["message"] == "VersionId must be 32-64 characters long."
     resp = agent.get(f"/secretsmanager/get?secretId={quote(DEMO_SECRET, safe='')}&versionStage=")
-    assert resp.status == 400 and error_of(resp)["__type"] == "InvalidParameterValue"
+    assert resp.status == 400 and error_of(resp)["__type"] == "InvalidParameterException"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -381,7 +382,7 @@ def test_a_huge_secret_id_is_refused_before_anything_is_sent(agent: Agent) -> No
 def test_a_secret_id_longer_than_the_model_allows(start_agent: StartAgent) -> None:
     agent = start_agent(limits={"max_get_url_bytes": 8192})
     resp = agent.get("/secretsmanager/get?secretId=" + "a" * 2049)
-    assert resp.status == 400 and error_of(resp)["__type"] == "InvalidParameterValue"
+    assert resp.status == 400 and error_of(resp)["__type"] == "InvalidParameterException"
     assert agent.metric("upstream_attempts_count", action="GetSecretValue") == 0
 
 

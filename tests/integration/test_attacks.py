@@ -21,8 +21,7 @@ from proxy import parse
 from proxy.credentials import REFUSED_AGAIN_SECONDS
 from tests.fakeaws import FakeAWS
 from tests.faults import JSON_TYPE, answer, raw_answer, secret_value, xml_error
-from tests.integration.test_sdk import sdk_client
-from tests.support import raw_request
+from tests.support import raw_request, sdk_client
 
 # ---------------------------------------------------------------------------------------------------------
 # policy: an SDK's JSON call must not see more than a Query request does

@@ -4,6 +4,7 @@ client that goes away releases its upstream connection, and later requests are n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -15,6 +16,7 @@ from tests.faults import delayed, never, ok, xml_error
 from tests.support import poll, raw_request
 
 GET = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
+SDK_HEADERS = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "secretsmanager.ListSecrets"}
 
 
 def send_and_leave(port: int, target: str = GET) -> socket.socket:
@@ -41,7 +43,11 @@ def test_over_the_concurrency_cap_is_503_with_retry_after_at_once(start_fault, s
         assert over.header("Retry-After") == "1"
         assert xml_error(over.body)[:2] == ("Receiver", "ServiceUnavailable")
         assert elapsed < 5  # not queued behind the two held requests (they end only at the 5 s deadline)
-        assert len(fault.seen) == 2  # the refused request never reached the upstream
+        # an SDK caller gets the code SDKs back off on, still a 503 (docs/interface.md, "SDK callers")
+        sdk_over = raw_request(proxy.port, "POST", "/", b"{}", headers=SDK_HEADERS)
+        assert (sdk_over.status, sdk_over.header("Retry-After")) == (503, "1")
+        assert json.loads(sdk_over.body)["__type"] == "ThrottlingException"
+        assert len(fault.seen) == 2  # the refused requests never reached the upstream
         # the admin endpoints are not Query requests: never refused by the cap
         assert raw_request(proxy.port, "GET", "/healthz").status == 200
         assert [f.result().status for f in held] == [504, 504]

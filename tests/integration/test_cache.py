@@ -453,7 +453,7 @@ def test_no_stale_answer_while_the_upstream_answers(rig: Rig) -> None:
 def test_a_write_by_an_sdk_client_invalidates_too(cached: ServerThread, emulator: Any) -> None:
     """The SDK (JSON 1.1) path shares the cache's invalidation: a PutSecretValue sent by an SDK through the
     proxy leaves no stale answer for Query readers."""
-    from tests.integration.test_sdk import sdk_client
+    from tests.support import sdk_client
 
     name = unique("cache/sdk-write")
     emulator.direct().create_secret(Name=name, SecretString="before")

@@ -20,6 +20,7 @@ from tests.process import reaped
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "proxy"]
+README = (ROOT / "README.md").read_text()
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -115,6 +116,14 @@ def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
         ns = "{https://secretsmanager.amazonaws.com/doc/2017-10-17/}"
         assert root.tag == f"{ns}GetSecretValueResponse"
         assert root.findtext(f"{ns}GetSecretValueResult/{ns}SecretString") == DEMO_SECRET_VALUE
+        # the README's SDK line against it, as written (its region is local's: another would be refused)
+        sdk_line = re.search(r"```sh\n(AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127\.0\.0\.1:8977 .*?)```", README, re.S)
+        assert sdk_line, "the README's quick start has no SDK line"
+        port = url.split(":")[2].split("/")[0]
+        command = sdk_line.group(1).replace("127.0.0.1:8977", f"127.0.0.1:{port}")
+        command = command.replace(".venv/bin/python", sys.executable)
+        out = subprocess.run(["bash", "-c", command], env=clean_aws_environ(), capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout) == (0, f"{DEMO_SECRET_VALUE}\n"), out.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
 

@@ -2,8 +2,8 @@
 
 Through the real listener: ECR and Redshift against moto (signature checking on), ecr-public and Lightsail
 (which moto does not serve) against a fault server that records what reaches it. Every operation the
-detector flags (:mod:`proxy.guard`) is refused with 403 ``AccessDenied`` before any upstream call, for SDK
-calls and Query requests alike, unless ``allow_actions`` names it exactly; any service but Secrets Manager
+detector flags (:mod:`proxy.guard`) is refused before any upstream call (403 ``AccessDenied`` for a Query
+request, 400 ``AccessDeniedException`` for an SDK call, docs/interface.md, "Errors"), unless ``allow_actions`` names it exactly; any service but Secrets Manager
 must be given ``allow_actions`` (a config error naming the key otherwise).
 """
 
@@ -53,12 +53,15 @@ def fronting(start_proxy: Any, role: str, service: str, allow_actions: list[str]
     return proxy
 
 
-def denied(call: Any) -> dict[str, Any]:
+def denied(call: Any, query: bool = False) -> dict[str, Any]:
+    """The refusal: for an SDK's JSON call what AWS answers a denial with (400 ``AccessDeniedException``), for a
+    Query request (an awsQuery service's client, or the legacy app) the Query table's 403 ``AccessDenied``."""
     with pytest.raises(ClientError) as refused:
         call()
     response: dict[str, Any] = refused.value.response
-    assert response["Error"]["Code"] == "AccessDenied", response
-    assert response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    expected = (403, "AccessDenied") if query else (400, "AccessDeniedException")
+    assert (response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"]) == expected, response
+    assert "hands out credentials" in response["Error"]["Message"]
     assert "hands out credentials" in response["Error"]["Message"]
     return response
 
@@ -119,9 +122,9 @@ def test_an_ecr_authorization_token_named_exactly_is_served(start_proxy: Any, pa
 @pytest.mark.parametrize(
     ("target", "content_type", "status", "code"),
     [
-        (f"{ECR_TARGET}.GetAuthorizationToken", "application/x-amz-json-1.1", 403, "AccessDenied"),
-        (f"{ECR_TARGET}.getauthorizationtoken", "application/x-amz-json-1.1", 400, "InvalidAction"),
-        (f" {ECR_TARGET}.GetAuthorizationToken ", "application/x-amz-json-1.1", 403, "AccessDenied"),
+        (f"{ECR_TARGET}.GetAuthorizationToken", "application/x-amz-json-1.1", 400, "AccessDeniedException"),
+        (f"{ECR_TARGET}.getauthorizationtoken", "application/x-amz-json-1.1", 400, "UnknownOperationException"),
+        (f" {ECR_TARGET}.GetAuthorizationToken ", "application/x-amz-json-1.1", 400, "AccessDeniedException"),
         (f"{ECR_TARGET}.GetAuthorizationToken", "application/x-amz-json-1.0", 415, "UnsupportedMediaType"),
         ("AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken.", "application/x-amz-json-1.1", 400, None),
     ],
@@ -164,13 +167,14 @@ def test_query_spellings_of_a_credential_operation_are_never_served(start_proxy:
 def test_redshift_cluster_credentials_are_refused_unless_named(start_proxy: Any, passthrough_role: str) -> None:
     proxy = fronting(start_proxy, passthrough_role, "redshift", ["Get*", "Describe*"])
     redshift = client("redshift", proxy.url)
-    denied(lambda: redshift.get_cluster_credentials(DbUser="app", ClusterIdentifier="c1"))
-    denied(lambda: redshift.get_cluster_credentials_with_iam(ClusterIdentifier="c1"))
+    # redshift speaks awsQuery: its SDK sends Query requests, answered with the Query table
+    denied(lambda: redshift.get_cluster_credentials(DbUser="app", ClusterIdentifier="c1"), query=True)
+    denied(lambda: redshift.get_cluster_credentials_with_iam(ClusterIdentifier="c1"), query=True)
     # DescribeClusters' answer can hold PendingModifiedValues.MasterUserPassword (marked sensitive): refused too
-    denied(redshift.describe_clusters)
+    denied(redshift.describe_clusters, query=True)
     assert "Snapshots" in redshift.describe_cluster_snapshots()  # a read without one is served
     legacy = client("redshift", proxy.url, signed=False)
-    denied(lambda: legacy.get_cluster_credentials(DbUser="app", ClusterIdentifier="c1"))
+    denied(lambda: legacy.get_cluster_credentials(DbUser="app", ClusterIdentifier="c1"), query=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,7 +210,7 @@ def test_credential_operations_never_reach_the_upstream(
         target = f"{model.metadata['targetPrefix']}.{operation}"
         content_type = f"application/x-amz-json-{model.metadata['jsonVersion']}"
         r = sdk_call(proxy.port, target, json.dumps(params).encode(), content_type)
-        assert r.status == 403 and json.loads(r.body)["__type"] == "AccessDenied", r.body
+        assert r.status == 400 and json.loads(r.body)["__type"] == "AccessDeniedException", r.body
         query = "&".join(
             [f"Action={operation}", f"Version={model.api_version}", *(f"{k}={v}" for k, v in params.items())]
         )

@@ -41,6 +41,15 @@ def test_accept_and_never_answer_is_504_within_the_total_deadline(start_fault, s
     # every upstream connection the proxy opened is closed again, and the fault server's handlers ended
     poll(lambda: fault.open_connections() == 0, 5, "the proxy to close its upstream connections")
     assert fault.cancelled == len(fault.seen)
+    # an SDK caller gets 504 too, with a code the SDKs retry on (docs/interface.md, "SDK callers")
+    sdk = raw_request(
+        proxy.port,
+        "POST",
+        "/",
+        b'{"SecretId": "app/db"}',
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "secretsmanager.GetSecretValue"},
+    )
+    assert (sdk.status, json.loads(sdk.body)["__type"]) == (504, "RequestTimeoutException")
 
 
 def test_read_timeout_applies_per_attempt_and_retries_within_the_total_deadline(start_fault, start_fault_proxy):

@@ -170,9 +170,9 @@ ROWS: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
         400,
         "UnknownParameter",
     ),
-    ("missing-required", "GET", get(f"Action=GetSecretValue&{Q}"), None, {}, 400, "MissingParameter"),
-    ("wrong-type", "GET", get(f"Action=ListSecrets&{Q}&MaxResults=ten"), None, {}, 400, "InvalidParameterValue"),
-    ("out-of-range", "GET", get(f"Action=ListSecrets&{Q}&MaxResults=101"), None, {}, 400, "InvalidParameterValue"),
+    ("missing-required", "GET", get(f"Action=GetSecretValue&{Q}"), None, {}, 400, "InvalidParameterException"),
+    ("wrong-type", "GET", get(f"Action=ListSecrets&{Q}&MaxResults=ten"), None, {}, 400, "InvalidParameterException"),
+    ("out-of-range", "GET", get(f"Action=ListSecrets&{Q}&MaxResults=101"), None, {}, 400, "InvalidParameterException"),
     (
         "bad-boolean",
         "GET",
@@ -180,7 +180,7 @@ ROWS: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
         None,
         {},
         400,
-        "InvalidParameterValue",
+        "InvalidParameterException",
     ),
     (
         "index-gap",

@@ -113,9 +113,9 @@ def test_names_with_unusual_characters(proxy: ServerThread, emulator: Any, suffi
     [
         ("Action=GetSecretValue&&SecretId=demo%2Fdb-password&Version=2017-10-17&", 200, None),
         ("&Action=GetSecretValue&SecretId=demo%2Fdb-password&&&Version=2017-10-17", 200, None),
-        ("Action=GetSecretValue&SecretId=demo%2Fdb-password&VersionStage=", 400, "InvalidParameterValue"),
+        ("Action=GetSecretValue&SecretId=demo%2Fdb-password&VersionStage=", 400, "InvalidParameterException"),
         ("Action=GetSecretValue&SecretId=demo%2Fdb-password&Flag", 400, "UnknownParameter"),
-        ("Action=GetSecretValue&SecretId=", 400, "InvalidParameterValue"),
+        ("Action=GetSecretValue&SecretId=", 400, "InvalidParameterException"),
         ("Action&SecretId=demo%2Fdb-password", 400, "MissingAction"),
         ("Action=GetSecretValue&SecretId=demo%2Fdb-password&Version", 200, None),
         ("SecretId=demo%2Fdb-password", 400, "MissingAction"),

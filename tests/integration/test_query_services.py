@@ -98,7 +98,7 @@ def test_the_form_is_validated_against_the_model(start_proxy: Any, passthrough_r
     proxy = service_proxy(start_proxy, passthrough_role, "sns")
     cases = [
         ("/?Action=ListTopics&Version=2010-03-31&Bogus=1", 400, "UnknownParameter"),
-        ("/?Action=GetTopicAttributes&Version=2010-03-31", 400, "MissingParameter"),
+        ("/?Action=GetTopicAttributes&Version=2010-03-31", 400, "InvalidParameter"),  # SNS's own code
         ("/?Action=ListTopics&Version=2011-06-15", 400, "NoSuchVersion"),
         ("/?Action=NoSuchAction", 400, "InvalidAction"),
     ]

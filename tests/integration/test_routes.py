@@ -8,27 +8,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import botocore.session
 import pytest
-from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
 
 from proxy.app import ROUTES, SHARED
 from proxy.local import ACCOUNT_ID, DEMO_SECRET, DEMO_SECRET_VALUE, REGION
 from tests.integration.conftest import PASS_ROLE
 from tests.serving import Served
-from tests.support import legacy_client, poll, proxy_config
+from tests.support import legacy_client, poll, proxy_config, sdk_client
 
 
-def sdk_client(service: str, port: int) -> Any:
-    return botocore.session.Session().create_client(
-        service,
-        region_name=REGION,
-        endpoint_url=f"http://127.0.0.1:{port}",
-        aws_access_key_id="AKIDPLACEHOLDER0000",
-        aws_secret_access_key="placeholder",
-        config=BotocoreConfig(retries={"max_attempts": 1}),
-    )
+def route_client(service: str, port: int) -> Any:
+    return sdk_client(f"http://127.0.0.1:{port}", service=service)
 
 
 @pytest.fixture
@@ -56,24 +47,24 @@ def test_each_route_serves_its_own_service_with_its_own_policy(
     legacy = legacy_client(f"http://127.0.0.1:{main}", str(tmp_path_factory.getbasetemp()))
     assert legacy.get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
     assert (
-        sdk_client("secretsmanager", main).get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
+        route_client("secretsmanager", main).get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
     )
     with pytest.raises(ClientError) as denied:
         legacy.describe_secret(SecretId=DEMO_SECRET)  # the main policy allows GetSecretValue only
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     # route 0: STS, its own policy
-    identity = sdk_client("sts", sts_port).get_caller_identity()
+    identity = route_client("sts", sts_port).get_caller_identity()
     assert identity["Arn"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{PASS_ROLE}/routes"
     # route 1: SNS with its own policy
     arn = emulator.direct("sns").create_topic(Name=f"routes-{uuid.uuid4().hex[:8]}")["TopicArn"]
-    sns = sdk_client("sns", sns_port)
+    sns = route_client("sns", sns_port)
     assert {"TopicArn": arn} in sns.list_topics()["Topics"]
     with pytest.raises(ClientError) as denied:
         sns.get_topic_attributes(TopicArn=arn)  # a read, but not in this route's allow_actions
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     # a listener serves only its own service
     with pytest.raises(ClientError) as wrong:
-        sdk_client("sts", main).get_caller_identity()
+        route_client("sts", main).get_caller_identity()
     assert wrong.value.response["Error"]["Code"] == "InvalidAction"
 
 

@@ -11,29 +11,14 @@ import sys
 import uuid
 from typing import Any
 
-import botocore.session
 import pytest
-from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
 
 from proxy.local import DEMO_SECRET, DEMO_SECRET_VALUE, REGION, clean_aws_environ
 from tests.integration.test_parity import CASES, check_parity, ensure_rotation_lambda
-from tests.support import ServerThread, raw_request
+from tests.support import ServerThread, raw_request, sdk_client
 
 JSON_TYPE = "application/x-amz-json-1.1"
-
-
-def sdk_client(url: str, token: str | None = None) -> Any:
-    """An AWS SDK client exactly as an app builds it: placeholder keys, the proxy as the endpoint."""
-    return botocore.session.Session().create_client(
-        "secretsmanager",
-        region_name=REGION,
-        endpoint_url=url,
-        aws_access_key_id="AKIDPLACEHOLDER0000",
-        aws_secret_access_key="placeholder-secret",
-        aws_session_token=token,
-        config=BotocoreConfig(retries={"max_attempts": 1}),
-    )
 
 
 @pytest.fixture
@@ -131,8 +116,8 @@ def test_policy_applies_to_sdk_calls_and_denials_are_json(start_proxy: Any, emul
     ):
         with pytest.raises(ClientError) as denied:
             call()
-        assert denied.value.response["Error"]["Code"] == "AccessDenied"
-        assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+        assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert emulator.direct().get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == DEMO_SECRET_VALUE
 
 
@@ -141,12 +126,12 @@ def test_policy_applies_to_sdk_calls_and_denials_are_json(start_proxy: Any, emul
     [
         ("secretsmanager.GetSecretValue", b'{"SecretId": ', 400, "SerializationException"),
         ("secretsmanager.GetSecretValue", b'{"SecretId": "a", "SecretId": "b"}', 400, "SerializationException"),
-        ("secretsmanager.GetSecretValue", b'{"SecretId": "a", "Bogus": 1}', 400, "UnknownParameter"),
-        ("secretsmanager.GetSecretValue", b"{}", 400, "MissingParameter"),
-        ("secretsmanager.GetSecretValue", b'{"SecretId": 7}', 400, "InvalidParameterValue"),
-        ("secretsmanager.GetRandomPassword", b'{"PasswordLength": 0}', 400, "InvalidParameterValue"),
-        ("secretsmanager.NoSuchOperation", b"{}", 400, "InvalidAction"),
-        ("kms.GetSecretValue", b"{}", 400, "InvalidAction"),
+        ("secretsmanager.GetSecretValue", b'{"SecretId": "a", "Bogus": 1}', 400, "InvalidParameterException"),
+        ("secretsmanager.GetSecretValue", b"{}", 400, "InvalidParameterException"),
+        ("secretsmanager.GetSecretValue", b'{"SecretId": 7}', 400, "InvalidParameterException"),
+        ("secretsmanager.GetRandomPassword", b'{"PasswordLength": 0}', 400, "InvalidParameterException"),
+        ("secretsmanager.NoSuchOperation", b"{}", 400, "UnknownOperationException"),
+        ("kms.GetSecretValue", b"{}", 400, "UnknownOperationException"),
         ("secretsmanager.GetSecretValue", b"[" * 100000, 400, "SerializationException"),
     ],
 )
@@ -162,7 +147,7 @@ def test_bad_sdk_calls_get_json_errors(proxy: ServerThread, target: str, body: b
 def test_rules_still_apply_and_answer_in_json(proxy: ServerThread) -> None:
     headers = {"Content-Type": JSON_TYPE, "X-Amz-Target": "secretsmanager.GetSecretValue", "Host": "evil.example"}
     r = raw_request(proxy.port, "POST", "/", b"{}", headers=headers)
-    assert r.status == 403 and json.loads(r.body)["__type"] == "AccessDenied"
+    assert r.status == 400 and json.loads(r.body)["__type"] == "AccessDeniedException"
     r = raw_request(
         proxy.port,
         "POST",

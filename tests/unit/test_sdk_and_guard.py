@@ -57,21 +57,21 @@ def test_what_botocore_serializes_decodes_back_to_the_same_input() -> None:
 
 def test_idempotency_tokens_are_filled_and_types_checked() -> None:
     assert len(decode("CreateSecret", {"Name": "n"})["ClientRequestToken"]) == 36
-    with pytest.raises(errors.InvalidParameterValue, match="SecretId: must be a string"):
+    with pytest.raises(errors.ValidationError, match="SecretId: must be a string"):
         decode("GetSecretValue", {"SecretId": 1})
-    with pytest.raises(errors.InvalidParameterValue, match="must be true or false"):
+    with pytest.raises(errors.ValidationError, match="must be true or false"):
         decode("ListSecrets", {"IncludePlannedDeletion": "true"})
-    with pytest.raises(errors.InvalidParameterValue, match="must be an integer"):
+    with pytest.raises(errors.ValidationError, match="must be an integer"):
         decode("ListSecrets", {"MaxResults": True})
-    with pytest.raises(errors.InvalidParameterValue, match=r"Filters\[0\].Values: must be a JSON array"):
+    with pytest.raises(errors.ValidationError, match=r"Filters\[0\].Values: must be a JSON array"):
         decode("ListSecrets", {"Filters": [{"Key": "name", "Values": "a"}]})
-    with pytest.raises(errors.UnknownParameter, match=r"Filters\[0\].Nope"):
+    with pytest.raises(errors.ValidationError, match=r"Filters\[0\].Nope"):
         decode("ListSecrets", {"Filters": [{"Nope": 1}]})
-    with pytest.raises(errors.InvalidParameterValue, match="base64"):
+    with pytest.raises(errors.ValidationError, match="base64"):
         decode("PutSecretValue", {"SecretId": "a", "SecretBinary": "not base64!"})
-    with pytest.raises(errors.InvalidParameterValue, match="max_list_members"):
+    with pytest.raises(errors.ValidationError, match="max_list_members"):
         decode("BatchGetSecretValue", {"SecretIdList": ["a"] * 3}, InputLimits(max_list_members=2))
-    with pytest.raises(errors.InvalidParameterValue, match="max_parameters"):
+    with pytest.raises(errors.ValidationError, match="max_parameters"):
         decode("BatchGetSecretValue", {"SecretIdList": ["a"] * 3}, InputLimits(max_parameters=2))
     assert decode("GetSecretValue", {"SecretId": "a", "VersionId": None}) == {"SecretId": "a"}
 
@@ -82,7 +82,7 @@ def test_timestamps_are_epoch_seconds_or_iso() -> None:
     stamp = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     assert decode_json_input({"StartTime": 1704164645}, op)["StartTime"] == stamp
     assert decode_json_input({"StartTime": "2024-01-02T03:04:05Z"}, op)["StartTime"] == stamp
-    with pytest.raises(errors.InvalidParameterValue, match="epoch seconds or an ISO 8601"):
+    with pytest.raises(errors.ValidationError, match="epoch seconds or an ISO 8601"):
         decode_json_input({"StartTime": "yesterday"}, op)
 
 

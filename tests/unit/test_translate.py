@@ -78,9 +78,9 @@ def test_maps_decode_from_entries() -> None:
     assert decode_input(pairs, op) == {"Attrs": {"a": "1", "b": ""}}
     with pytest.raises(errors.MissingParameter, match=r"Attrs.entry.1.value"):
         decode_input([("Attrs.entry.1.key", "a")], op)
-    with pytest.raises(errors.InvalidParameterValue, match="at most 5"):
+    with pytest.raises(errors.ValidationError, match=r"^Count must be within 1-5\.$"):
         decode_input([("Count", "6")], op)
-    with pytest.raises(errors.InvalidParameterValue, match="integer"):
+    with pytest.raises(errors.ValidationError, match="integer"):
         decode_input([("Count", "1.5")], op)
 
 
@@ -97,8 +97,8 @@ def test_missing_idempotency_token_gets_a_uuid() -> None:
     "pairs,error,fragment",
     [
         ([("SecretId", "s"), ("Bogus", "1")], errors.UnknownParameter, "Bogus"),
-        ([], errors.MissingParameter, "SecretId"),
-        ([("SecretId", "")], errors.InvalidParameterValue, "at least 1"),
+        ([], errors.ValidationError, "SecretId is required"),
+        ([("SecretId", "")], errors.ValidationError, r"^SecretId must be 1-2048 characters long\.$"),
         ([("SecretId", "s"), ("SecretId.x", "1")], errors.UnknownParameter, "SecretId.x"),
         ([("SecretId", "s"), ("VersionStage..x", "1")], errors.UnknownParameter, "empty part"),
         ([("SecretId", "s"), ("SecretId", "t")], errors.InvalidParameterValue, "more than once"),
@@ -125,7 +125,7 @@ def test_list_index_gaps_and_limits() -> None:
         decode_input(
             [("SecretIdList.member.1", "a"), ("SecretIdList.member.2", "b")], op, InputLimits(max_parameters=1)
         )
-    with pytest.raises(errors.InvalidParameterValue, match="at least 1"):
+    with pytest.raises(errors.ValidationError, match=r"^SecretIdList must have 1-20 items\.$"):
         decode_input([("SecretIdList", "")], op)  # the model's min of 1 item
     assert decode_input([("Filters", "")], JSON_MODEL.operation_model("ListSecrets")) == {"Filters": []}
 
@@ -135,17 +135,17 @@ def test_list_index_gaps_and_limits() -> None:
     [
         ("IncludePlannedDeletion", "yes", "true or false"),
         ("MaxResults", "ten", "integer"),
-        ("MaxResults", "0", "at least 1"),
+        ("MaxResults", "0", "within 1-100"),
     ],
 )
 def test_scalar_types(member: str, value: str, fragment: str) -> None:
-    with pytest.raises(errors.InvalidParameterValue, match=fragment):
+    with pytest.raises(errors.ValidationError, match=fragment):
         decode_input([(member, value)], JSON_MODEL.operation_model("ListSecrets"))
 
 
 def test_blob_must_be_base64() -> None:
     op = JSON_MODEL.operation_model("PutSecretValue")
-    with pytest.raises(errors.InvalidParameterValue, match="base64"):
+    with pytest.raises(errors.ValidationError, match="base64"):
         decode_input([("SecretId", "s"), ("SecretBinary", "not base64!")], op)
 
 
@@ -266,6 +266,20 @@ def test_output_with_no_members_still_has_a_result_element() -> None:
             "bad",
         ),
         (503, (), b"<html><body>down</body></html>", "ServiceUnavailable", "the upstream answered HTTP 503"),
+        (  # no __type in the body: X-Amzn-ErrorType names it (issue 15: metrics and errors by code)
+            400,
+            (("X-Amzn-ErrorType", "ResourceNotFoundException:http://internal.amazon.com/coral/com.amazon.coral/"),),
+            b'{"message":"gone"}',
+            "ResourceNotFoundException",
+            "gone",
+        ),
+        (
+            400,
+            (("X-Amzn-ErrorType", "aws.protocols#ThrottlingException"),),
+            b"",
+            "ThrottlingException",
+            "the upstream answered HTTP 400",
+        ),
         (500, (), b"", "InternalFailure", "the upstream answered HTTP 500"),
         (502, (), b"oops", "InternalFailure", "the upstream answered HTTP 502"),
         (403, (), b"", "AccessDenied", "the upstream answered HTTP 403"),
