@@ -116,6 +116,18 @@ def check_config(argv: Sequence[str]) -> int:
     return 0
 
 
+def no_core_dumps() -> None:
+    """Set this process's core file size limit to 0, soft and hard (``RLIMIT_CORE``; the workers it forks
+    inherit it): a crash or a SIGQUIT then writes no core file, which would hold the cached secret values,
+    the role's credentials and the answers in memory (docs/security.md). systemd-coredump and apport honour
+    the limit too when the kernel pipes cores to them. Where the platform has no ``resource`` module, nothing."""
+    try:
+        import resource
+    except ImportError:
+        return
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def event_loop_runner() -> asyncio.Runner:
     """An asyncio runner on uvloop when it is installed (the ``fast`` extra), else on asyncio's own loop."""
     try:
@@ -127,6 +139,7 @@ def event_loop_runner() -> asyncio.Runner:
 
 def run(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
+    no_core_dumps()
     from . import logs
 
     logs.setup(args.log_level)
@@ -184,6 +197,7 @@ def run_local(argv: Sequence[str]) -> int:
     parser.add_argument("--config", metavar="PATH", help="proxy config (default: the built-in config/local.yaml)")
     _common(parser)
     args = parser.parse_args(argv)
+    no_core_dumps()
     from . import logs
 
     logs.setup(args.log_level)

@@ -52,12 +52,16 @@ def console_script() -> str:
 
 class ProxyProcess:
     """``query-signing-proxy ARGS`` with stderr in ``workdir/stderr.log``. Use as a context manager; on exit
-    the process gets SIGTERM (then SIGKILL after 20 s) unless it has already been stopped."""
+    the process gets SIGTERM (then SIGKILL after 20 s) unless it has already been stopped. ``cwd``: the
+    process's working directory (default: the tests')."""
 
-    def __init__(self, args: Sequence[str], workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], workdir: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.args = [console_script(), *args]
         self.log_path = workdir / "stderr.log"
         self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.admin_port: int | None = None
@@ -65,7 +69,7 @@ class ProxyProcess:
     def __enter__(self) -> ProxyProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=self.env
+                self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=self.env, cwd=self.cwd
             )
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import selectors
 import signal
 import socket
@@ -14,9 +15,13 @@ import urllib.request
 from pathlib import Path
 from xml.etree import ElementTree
 
+import yaml
+
 from proxy import __version__
 from proxy.local import DEMO_SECRET_VALUE, clean_aws_environ
-from tests.process import reaped
+from tests.faults import Certs, StartFault, answer, proxy_environ, secret_value
+from tests.process import ProxyProcess, reaped
+from tests.support import raw_request
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "proxy"]
@@ -187,3 +192,34 @@ def test_the_shipped_configs_check_with_a_region_as_the_docs_say() -> None:
         assert out.returncode == 0, f"{path}: {out.stderr}"
     out = run("check-config", "config/proxy.yaml")
     assert out.returncode == 2 and "upstream.region: no region in the file or the environment" in out.stderr
+
+
+def test_a_crash_writes_no_core_file_holding_a_secret(tmp_path: Path, start_fault: StartFault, certs: Certs) -> None:
+    """A proxy that crashes, or gets SIGQUIT, with core dumps allowed by its parent (``ulimit -c unlimited``)
+    writes no core file: its core file size limit is 0 (soft and hard) from the start, so the cached values,
+    credentials and answers in its memory never reach the disk that way (docs/security.md)."""
+    value = f"core-dump-canary-{os.getpid()}"
+    fault = start_fault(answer(200, secret_value("app/db", value)))
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "upstream": {"region": "us-east-1", "endpoint_url": fault.url, "ca_bundle": certs.ca_file},
+        "policy": {"allow_actions": ["*"]},
+        "cache": {"enabled": True},
+    }
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    limit = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (limit[1], limit[1]))  # what the proxy inherits: all it may have
+    try:
+        with ProxyProcess(["--config", str(path)], tmp_path, proxy_environ(), cwd=tmp_path) as proxy:
+            proxy.wait_listening()
+            get = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
+            assert value.encode() in raw_request(proxy.port, "GET", get).body  # held in memory, and cached
+            assert proxy.process is not None
+            limits = Path(f"/proc/{proxy.process.pid}/limits").read_text()
+            assert re.search(r"^Max core file size\s+0\s+0\s", limits, re.M), limits
+            proxy.process.send_signal(signal.SIGQUIT)  # its default action: terminate with a core dump
+            assert proxy.process.wait(20) == -signal.SIGQUIT
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, limit)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("core")] == []
