@@ -101,6 +101,19 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, default=lambda value: scrub(str(
 _STRING = json.encoder.encode_basestring
 
 
+# What JSON leaves raw in a string under ensure_ascii=False although it ends a line or steers a terminal: the C1
+# controls (U+0085 NEL is a line break to Unicode-aware splitters such as str.splitlines, U+009B is a
+# terminal's CSI) and U+2028 / U+2029. A client chooses the secret id an access line shows: these are
+# written as JSON escapes, so a line stays one line and is the same value to any JSON reader.
+_LINE_BREAKING = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
+def _one_line(text: str) -> str:
+    """A JSON line with :data:`_LINE_BREAKING` characters escaped (inside its strings, the only place they can
+    be); ASCII text as it is."""
+    return text if text.isascii() else text.translate(_LINE_BREAKING)
+
+
 def _json_value(value: Any) -> str:
     """``value`` scrubbed and as JSON text, exactly as ``_ENCODER.encode(_scrubbed(value))`` writes it; the
     types of an access line's values (str, int, float, None) without the encoder's per-call set-up."""
@@ -157,13 +170,14 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__
         # Scrubbed value by value, before encoding: a pattern never cuts through JSON's own quoting. The same
-        # text as _ENCODER.encode(_scrubbed(line)) (tests/unit/test_logs.py holds them equal).
-        return "{" + ", ".join([f"{_STRING(key)}: {_json_value(value)}" for key, value in line.items()]) + "}"
+        # text as _one_line(_ENCODER.encode(_scrubbed(line))) (tests/unit/test_logs.py holds them equal).
+        text = "{" + ", ".join([f"{_STRING(key)}: {_json_value(value)}" for key, value in line.items()]) + "}"
+        return _one_line(text)
 
     def _access_line(self, r: AccessRecord) -> str:
         """The access line from a prepared template: the text the general path writes for the same record
         (tests/unit/test_logs.py holds them equal), without building and walking a dict."""
-        return (
+        return _one_line(
             f'{{"time": "{self._clock.iso(r.created)}", "level": {_STRING(r.levelname.lower())}, '
             f'"request_id": {_json_value(r.request_id)}, "action": {_json_value(r.action)}, '
             f'"secret_id": {_json_value(r.secret_id)}, "status": {_json_value(r.status)}, '

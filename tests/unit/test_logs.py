@@ -163,7 +163,17 @@ def test_lines_off_the_loop_are_flushed_at_once() -> None:
 
 _TEXT = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["GetSecretValue", "prod/app/db", f"Signature={SIGNATURE}", f"k {KEY_ID}", 'q"\\\n\t\x00', "é漢"]),
+    st.sampled_from(
+        [
+            "GetSecretValue",
+            "prod/app/db",
+            f"Signature={SIGNATURE}",
+            f"k {KEY_ID}",
+            'q"\\\n\t\x00',
+            "é漢",
+            "a\u2028\x85\x9b",
+        ]
+    ),
 )
 _NUMBER = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True))
 
@@ -180,8 +190,9 @@ _NUMBER = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allo
 )
 def test_the_access_line_template_writes_what_the_general_path_writes(**fields: object) -> None:
     """logs.access (the prepared template) and logs.emit with the same fields as extra= give the same text;
-    and the general path's own encoding is json.dumps' (ensure_ascii=False) of the scrubbed values."""
-    from proxy.logs import _ENCODER, _scrubbed, access, emit
+    and the general path's own encoding is json.dumps' (ensure_ascii=False) of the scrubbed values, with the
+    characters that break a line or steer a terminal escaped."""
+    from proxy.logs import _ENCODER, _one_line, _scrubbed, access, emit
 
     formatter = JSONFormatter()
     records: list[logging.LogRecord] = []
@@ -207,5 +218,19 @@ def test_the_access_line_template_writes_what_the_general_path_writes(**fields: 
     general.created = template.created
     assert formatter.format(template) == formatter.format(general)
     expected = {"time": json.loads(formatter.format(general))["time"], "level": "info", **fields}
-    assert formatter.format(general) == _ENCODER.encode(_scrubbed(expected))
+    assert formatter.format(general) == _one_line(_ENCODER.encode(_scrubbed(expected)))
     assert template.status == fields["status"]  # type: ignore[attr-defined]  # as caplog sees it
+
+
+@pytest.mark.parametrize("secret_id", ["a\u2028b", "a\u2029b", "a\x85b", "a\x9b31mred", "\x80\x9f", "é\u2028漢"])
+def test_an_access_line_stays_one_line_whatever_the_secret_id(secret_id: str) -> None:
+    """The app chooses the secret id an access line shows. Characters JSON may leave raw but that end a line for a
+    Unicode-aware reader (U+2028, U+2029, U+0085 NEL: str.splitlines, tests/process.py's lines()) or steer a
+    terminal (the C1 controls: U+009B is CSI) are written as escapes: one line, no C1 byte, the same value."""
+    from proxy.logs import AccessRecord
+
+    record = AccessRecord("proxy.access", "r-1", "GetSecretValue", secret_id, 200, 200, 1.5, 1)
+    line = JSONFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert not any(0x80 <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in line)
+    assert json.loads(line)["secret_id"] == secret_id
