@@ -137,8 +137,10 @@ def test_an_odd_upstream_request_id_is_replaced_by_the_proxys_own(
     start_fault: Any, start_fault_proxy: Any, request_id: bytes
 ) -> None:
     body = json.dumps(secret_value()).encode()
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: " + request_id
-    fault = start_fault(raw_answer(head + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body))
+    # Connection: close, since the fault closes after each answer: without it the second request may take the
+    # pooled connection before the close is read, and with max_attempts 1 that race (not the id) would fail it
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nConnection: close\r\nx-amzn-RequestId: "
+    fault = start_fault(raw_answer(head + request_id + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body))
     proxy = start_fault_proxy(fault.url, upstream={"max_attempts": 1})
     for resp in (raw_request(proxy.port, "GET", QUERY), sdk_call(proxy)):
         assert resp.status == 200, resp.body[:300]
