@@ -3,10 +3,13 @@ on a real port, and the legacy (awsQuery, unsigned) client."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import botocore.loaders
+import botocore.session
 import pytest
 
 from proxy.app import create_app
@@ -31,8 +34,14 @@ def clear_aws(monkeypatch: pytest.MonkeyPatch, empty: str) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Clear ``AWS_*`` for the whole run, before collection (modules that read botocore's models at import)
     and before any fixture, session-scoped ones included (the emulator): a stale ``AWS_PROFILE`` exported in
-    the shell would otherwise fail them with ProfileNotFound. Restored when the run ends."""
+    the shell would otherwise fail them with ProfileNotFound. Restored when the run ends.
+
+    Every botocore session of the run also shares one data loader per ``AWS_DATA_PATH``: each proxy a test
+    builds, and each client it uses, would otherwise parse ``endpoints.json`` and the service models again
+    (40% of the suite's CPU). A process of the proxy loads them once; the loader's cache holds what it parsed,
+    read-only, as it already does for every client of one session."""
     clear_aws(_SESSION_ENV, os.devnull)
+    _SESSION_ENV.setattr(botocore.session, "create_loader", functools.cache(botocore.loaders.create_loader))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

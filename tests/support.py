@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
+import botocore.loaders
 import botocore.session
 from aiohttp import web
 from botocore import UNSIGNED
@@ -158,23 +159,26 @@ def query_model(service: str = "secretsmanager") -> dict[str, Any]:
     return model
 
 
-_LEGACY_DIRS: dict[str, str] = {}
+_LEGACY_LOADERS: dict[str, botocore.loaders.Loader] = {}  # per service, for the run
 
 
 def legacy_client(url: str, tmp_root: str, service: str = "secretsmanager", verify: str | bool = True) -> Any:
     """An unsigned botocore client speaking awsQuery to ``url`` (the proxy): the legacy app."""
-    root = _LEGACY_DIRS.get(service)
-    if root is None:
-        loader = botocore.session.get_session().get_component("data_loader")
-        version = loader.determine_latest_version(service, "service-2")
+    loader = _LEGACY_LOADERS.get(service)
+    if loader is None:
+        version = (
+            botocore.session.get_session().get_component("data_loader").determine_latest_version(service, "service-2")
+        )
         root = os.path.join(tmp_root, f"legacy-models-{service}")
         path = os.path.join(root, service, version)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "service-2.json"), "w", encoding="utf-8") as fh:
             json.dump(query_model(service), fh)
-        _LEGACY_DIRS[service] = root
+        loader = botocore.loaders.create_loader()  # its own: the query-protocol model comes first only here
+        loader.search_paths.insert(0, root)
+        _LEGACY_LOADERS[service] = loader
     session = botocore.session.Session()
-    session.get_component("data_loader").search_paths.insert(0, root)
+    session.register_component("data_loader", loader)
     return session.create_client(
         service,
         region_name=REGION,
