@@ -210,8 +210,12 @@ def test_a_crash_writes_no_core_file_holding_a_secret(tmp_path: Path, start_faul
     path.write_text(yaml.safe_dump(config))
     limit = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (limit[1], limit[1]))  # what the proxy inherits: all it may have
+    # SIGQUIT's default action for the proxy: a suite started in the background by a shell without job control
+    # inherits SIGQUIT ignored (POSIX), and the proxy would inherit that too
+    quit_action = signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     try:
         with ProxyProcess(["--config", str(path)], tmp_path, proxy_environ(), cwd=tmp_path) as proxy:
+            signal.signal(signal.SIGQUIT, quit_action)
             proxy.wait_listening()
             get = "/?Action=GetSecretValue&SecretId=app%2Fdb&Version=2017-10-17"
             assert value.encode() in raw_request(proxy.port, "GET", get).body  # held in memory, and cached
@@ -221,5 +225,6 @@ def test_a_crash_writes_no_core_file_holding_a_secret(tmp_path: Path, start_faul
             proxy.process.send_signal(signal.SIGQUIT)  # its default action: terminate with a core dump
             assert proxy.process.wait(20) == -signal.SIGQUIT
     finally:
+        signal.signal(signal.SIGQUIT, quit_action)
         resource.setrlimit(resource.RLIMIT_CORE, limit)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("core")] == []
