@@ -18,7 +18,6 @@ from typing import Any
 
 import botocore.session
 import pytest
-from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
 
 from proxy.config import ConfigError
@@ -30,18 +29,6 @@ from tests.support import ServerThread, raw_request
 ROOT = Path(__file__).resolve().parents[2]
 ECR_VERSION = "2015-09-21"
 ECR_TARGET = "AmazonEC2ContainerRegistry_V20150921"
-
-
-def sdk(service: str, url: str) -> Any:
-    """botocore's own JSON client for ``service`` pointed at the proxy, with placeholder keys (an SDK app)."""
-    return botocore.session.Session().create_client(
-        service,
-        region_name=REGION,
-        endpoint_url=url,
-        aws_access_key_id="AKIDPLACEHOLDER0000",
-        aws_secret_access_key="placeholder",
-        config=BotocoreConfig(retries={"max_attempts": 1}),
-    )
 
 
 def fronting(start_proxy: Any, role: str, service: str, allow_actions: list[str]) -> ServerThread:
@@ -93,7 +80,7 @@ def test_ecr_authorization_tokens_are_refused_unless_named(
     allow: list[str],
 ) -> None:
     proxy = fronting(start_proxy, passthrough_role, "ecr", allow)
-    ecr = sdk("ecr", proxy.url)
+    ecr = client("ecr", proxy.url)
     denied(ecr.get_authorization_token)
     denied(lambda: ecr.get_authorization_token(registryIds=["123456789012"]))
     # Query callers: the same refusal, as the XML error table
@@ -115,7 +102,7 @@ def test_ecr_authorization_tokens_are_refused_unless_named(
 
 def test_an_ecr_authorization_token_named_exactly_is_served(start_proxy: Any, passthrough_role: str) -> None:
     proxy = fronting(start_proxy, passthrough_role, "ecr", ["GetAuthorizationToken", "Describe*"])
-    data = sdk("ecr", proxy.url).get_authorization_token()["authorizationData"]
+    data = client("ecr", proxy.url).get_authorization_token()["authorizationData"]
     assert data and data[0]["authorizationToken"]  # the operator named it: served
 
 

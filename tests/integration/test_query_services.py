@@ -13,12 +13,11 @@ from xml.etree import ElementTree
 import botocore.session
 import pytest
 from botocore import UNSIGNED
-from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import ClientError
 
 from proxy.local import ACCOUNT_ID, DEMO_USER, REGION
 from tests.integration.conftest import PASS_ROLE, PASS_ROLE_ARN
-from tests.support import ServerThread, raw_request
+from tests.support import ServerThread, raw_request, sdk_client
 
 STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
 
@@ -40,16 +39,8 @@ def service_proxy(start_proxy: Any, role: str, service: str, **policy: Any) -> S
 
 
 def client(service: str, url: str, signed: bool = True) -> Any:
-    """botocore's own client for an awsQuery service: an SDK (placeholder keys) or, unsigned, a legacy app."""
-    config = BotocoreConfig(retries={"max_attempts": 1}, signature_version=None if signed else UNSIGNED)
-    return botocore.session.Session().create_client(
-        service,
-        region_name=REGION,
-        endpoint_url=url,
-        aws_access_key_id="AKIDPLACEHOLDER0000",
-        aws_secret_access_key="placeholder",
-        config=config,
-    )
+    """botocore's own client for ``service`` at the proxy: an SDK (placeholder keys) or, unsigned, a legacy app."""
+    return sdk_client(url, service=service, **({} if signed else {"signature_version": UNSIGNED}))
 
 
 @pytest.mark.parametrize("signed", [True, False], ids=["sdk", "unsigned"])
