@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import socket
 import ssl
 import subprocess
@@ -258,6 +259,16 @@ def environment(values: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def token_option(cfg: Config) -> str:
+    """The curl option that sends the caller token when the config asks for one (``policy.token_header``), as
+    `` -H "<header>: $(cat '<token_file>')"``: the shell reads the file, so the token itself is never printed.
+    Empty without a token header."""
+    header, path = cfg.policy.token_header, cfg.policy.token_file
+    if header is None or path is None:
+        return ""
+    return f' -H "{header}: $(cat {shlex.quote(path)})"'
+
+
 def run_local(config_path: str | None, listen: str | None) -> int:
     """Start the emulator, seed it, and serve the proxy until SIGINT/SIGTERM. Returns the exit code.
 
@@ -290,7 +301,7 @@ def run_local(config_path: str | None, listen: str | None) -> int:
                     print(
                         "\nThe proxy is up, assuming the demo role against the emulator. Try:\n\n"
                         f"  curl -s '{scheme}://{host}:{port}/?Action=GetSecretValue&SecretId=demo%2Fdb-password"
-                        "&Version=2017-10-17'\n\nCtrl-C stops it.\n",
+                        f"&Version=2017-10-17'{token_option(cfg)}\n\nCtrl-C stops it.\n",
                         flush=True,
                     )
 

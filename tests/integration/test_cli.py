@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 import yaml
 
 from proxy import __version__
-from proxy.local import DEMO_SECRET_VALUE, clean_aws_environ
+from proxy.local import DEMO_SECRET_VALUE, LOCAL_CONFIG_YAML, clean_aws_environ
 from tests.faults import Certs, StartFault, answer, proxy_environ, secret_value
 from tests.process import ProxyProcess, reaped
 from tests.support import raw_request
@@ -127,8 +127,33 @@ def test_local_prints_a_curl_line_that_returns_the_demo_secret() -> None:
         port = url.split(":")[2].split("/")[0]
         command = sdk_line.group(1).replace("127.0.0.1:8977", f"127.0.0.1:{port}")
         command = command.replace(".venv/bin/python", sys.executable)
-        out = subprocess.run(["bash", "-c", command], env=clean_aws_environ(), capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["bash", "-c", command], env=clean_aws_environ(), capture_output=True, text=True, timeout=60
+        )
         assert (out.returncode, out.stdout) == (0, f"{DEMO_SECRET_VALUE}\n"), out.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def test_local_with_a_caller_token_prints_a_curl_line_that_sends_it(tmp_path: Path) -> None:
+    """``local --config`` with ``policy.token_header``: the printed curl line, run as printed, carries the token
+    (read from the file by the shell, so the token itself is never printed) and returns the demo secret."""
+    token = f"local-token-{os.getpid()}"
+    (tmp_path / "token").write_text(token + "\n")
+    config = tmp_path / "proxy.yaml"
+    data = yaml.safe_load(LOCAL_CONFIG_YAML)  # the built-in config (the demo role) with a caller token
+    data["policy"].update(token_header="X-Proxy-Token", token_file=str(tmp_path / "token"))
+    config.write_text(yaml.safe_dump(data))
+    cmd = [*CLI, "local", "--config", str(config), "--listen", "127.0.0.1:0"]
+    with reaped(
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_aws_environ())
+    ) as proc:
+        line = read_until(proc, re.compile(rb"  (curl -s [^\n]+)\n"), timeout=120).group(1).decode()
+        assert token not in line and "X-Proxy-Token" in line
+        out = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60)
+        assert DEMO_SECRET_VALUE in out.stdout, out.stdout + out.stderr
+        bare = subprocess.run(["bash", "-c", line.split(" -H ")[0]], capture_output=True, text=True, timeout=60)
+        assert DEMO_SECRET_VALUE not in bare.stdout and "<Code>AccessDenied</Code>" in bare.stdout, bare.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
 
