@@ -33,7 +33,6 @@ from typing import Any
 
 from aiohttp import web
 from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
-from botocore.utils import parse_timestamp
 
 from . import errors
 from .handler import SERVICE, send_upstream, upstream_call
@@ -50,6 +49,7 @@ from .translate import (
     check_range,
     operation_of,
     upstream_error,
+    utc_timestamp,
     visible_output,
 )
 from .validate import check_head
@@ -221,7 +221,7 @@ def _scalar(shape: Shape, value: Any, path: str) -> Any:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return datetime.datetime.fromtimestamp(value, datetime.UTC)
             if isinstance(value, str):
-                return parse_timestamp(value)
+                return utc_timestamp(value)
         except (ValueError, TypeError, OverflowError, OSError):
             pass
         raise errors.ValidationError(f"{path}: must be epoch seconds or an ISO 8601 timestamp")

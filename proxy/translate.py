@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import datetime
 import json
 import re
 import uuid
@@ -291,13 +292,23 @@ def _decode_scalar(shape: Shape, value: str, path: str) -> Any:
         return raw
     if kind == "timestamp":
         try:
-            stamp = parse_timestamp(value)
-        except (ValueError, TypeError, OverflowError):
+            return utc_timestamp(value)
+        except ValueError:
             raise errors.ValidationError(
                 f"{path}: must be an ISO 8601 timestamp such as 2018-04-11T20:05:45.713Z"
             ) from None
-        return stamp
     raise errors.ValidationError(f"{path}: values of type {kind} cannot be sent")  # pragma: no cover
+
+
+def utc_timestamp(value: str) -> datetime.datetime:
+    """A timestamp parameter (ISO 8601 or epoch seconds, botocore's ``parse_timestamp``) as a UTC datetime, the
+    form botocore's serializers write without failing. Raises ValueError for anything else, including what
+    ``parse_timestamp`` gives up on with a RuntimeError (``1e400``, ``inf``) and a date that leaves datetime's
+    range once moved to UTC (``0001-01-01T00:00:00+01:00``)."""
+    try:
+        return parse_timestamp(value).astimezone(datetime.UTC)
+    except (ValueError, TypeError, OverflowError, OSError, RuntimeError):
+        raise ValueError("not a timestamp that can be sent") from None
 
 
 def _show(value: str) -> str:

@@ -125,6 +125,29 @@ def check_host(head: RequestHead, settings: RuleSettings) -> None:
             "the request target's host is not a loopback address, localhost or in listen.allowed_hosts "
             "(send an origin-form target: GET /?Action=...)"
         )
+    check_browser_site(head, settings)
+
+
+def check_browser_site(head: RequestHead, settings: RuleSettings) -> None:
+    """A browser's request made by a page of another site (CSRF: a form POST, an ``<img>`` GET to
+    ``http://127.0.0.1:8977/``) is refused, though its Host is loopback: an ``Origin`` header whose host fails
+    :func:`host_allowed` (``null`` included), or ``Sec-Fetch-Site: cross-site``. SDKs and curl send neither."""
+    origin = head.headers.get("Origin")
+    if origin is not None and not host_allowed(_origin_host(origin), settings.allowed_hosts):
+        raise errors.AccessDenied(
+            "the request comes from a web page of another origin (Origin is not a loopback address, localhost or "
+            "in listen.allowed_hosts)"
+        )
+    if head.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        raise errors.AccessDenied("the request comes from a web page of another site (Sec-Fetch-Site: cross-site)")
+
+
+def _origin_host(origin: str) -> str:
+    """The host (and port) of an ``Origin`` header; empty for ``null`` and anything that is not a URL."""
+    try:
+        return urlsplit(origin.strip()).netloc
+    except ValueError:  # http://[::1 and other bad IPv6 literals
+        return ""
 
 
 def check_token(head: RequestHead, settings: RuleSettings) -> None:

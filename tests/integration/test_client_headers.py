@@ -46,7 +46,7 @@ HOSTILE = {
     "User-Agent": "evil-agent/1.0",
     "Accept-Encoding": "gzip, br",
     "Content-MD5": "evil",
-    "Origin": "https://evil.example",
+    "Origin": "http://localhost:3000",  # a foreign Origin is refused (test_host_rule.py); a loopback one passes
     "Referer": "https://evil.example/",
     "X-Custom": "anything",
 }

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import json
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 
 from proxy.app import create_app
 from proxy.credentials import static_fetch
 from tests.checks import assert_error
+from tests.faults import answer
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN
 from tests.recorder import RecordingUpstream, recorder_config
 from tests.serving import Served
@@ -407,3 +410,34 @@ def test_admin_endpoints_need_no_token(proxy: Listener) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         resp = proxy.request("GET", path, token=False)
         assert resp.status == 200, (path, resp.status, resp.body)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# timestamps that parse but cannot be sent
+
+
+@pytest.mark.parametrize("value", ["1e400", "inf", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_an_unsendable_timestamp_is_a_validation_error_not_a_500(
+    start_fault: Any, start_fault_proxy: Any, value: str
+) -> None:
+    """KMS's ImportKeyMaterial takes a timestamp (``ValidTo``). A value botocore's parser gives up on with a
+    RuntimeError (``1e400``, ``inf``), or a date that leaves datetime's range once moved to UTC, is the caller's
+    mistake: 400 with the service's validation code, on the Query and the SDK path, and nothing is sent."""
+    fault = start_fault(answer(200, {}))
+    proxy = start_fault_proxy(fault.url, upstream={"service": "kms"}, policy={"allow_actions": ["ImportKeyMaterial"]})
+    params = {"KeyId": "k", "ImportToken": "eA==", "EncryptedKeyMaterial": "eQ==", "ValidTo": value}
+    sdk = raw_request(
+        proxy.port,
+        "POST",
+        "/",
+        json.dumps(params).encode(),
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.ImportKeyMaterial"},
+    )
+    assert sdk.status == 400, sdk.body
+    assert json.loads(sdk.body)["__type"] == "ValidationException" and b"ValidTo" in sdk.body
+    query = raw_request(
+        proxy.port, "GET", "/?Action=ImportKeyMaterial&" + urlencode(params), headers={"Host": "127.0.0.1"}
+    )
+    assert query.status == 400, query.body
+    assert b"<Code>ValidationException</Code>" in query.body and b"ValidTo" in query.body
+    assert fault.seen == []

@@ -163,3 +163,52 @@ def test_a_second_host_header_does_not_help(proxy: Any) -> None:
     status = answer_bytes.split(b" ", 2)[1]
     assert status in (b"400", b"403"), answer_bytes[:200]
     assert b"query_signing_proxy" not in answer_bytes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cross-site requests from a browser (CSRF): the Host is 127.0.0.1, but the page is another site's
+
+CROSS_SITE = [
+    # an HTML form on http://evil.example posting to http://127.0.0.1:8977/
+    {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+    # the same from a browser that sends no Fetch Metadata
+    {"Origin": "http://evil.example"},
+    # a sandboxed iframe, a file:// page
+    {"Origin": "null"},
+    # <img src="http://127.0.0.1:8977/?Action=...">: no Origin on a no-cors GET, only Fetch Metadata
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+    # an Origin that is not a URL at all: refused, not a 500
+    {"Origin": "http://[::1"},
+]
+
+
+@pytest.mark.parametrize(
+    "headers", CROSS_SITE, ids=["form-post", "origin-only", "origin-null", "img-get", "origin-bad-ipv6"]
+)
+def test_a_cross_site_browser_request_is_refused_before_it_reaches_the_upstream(
+    start_fault: Any, start_fault_proxy: Any, headers: dict[str, str]
+) -> None:
+    """A web page anywhere (not only a rebinding one) can make a browser in the pod send a simple GET or form POST
+    to ``http://127.0.0.1:8977/``: the Host is loopback, so the Host rule lets it through, and with writes in
+    ``allow_actions`` (and no caller token) ``PutSecretValue`` would land even though the page cannot read the
+    answer. Browsers mark such requests (``Origin``, ``Sec-Fetch-Site``); SDKs and curl never send them."""
+    fault = start_fault(answer(200, {"ARN": "arn:aws:secretsmanager:us-east-1:1:secret:app/db-AbCdEf"}))
+    proxy = start_fault_proxy(fault.url, policy={"allow_actions": ["*"]})
+    host = {"Host": f"127.0.0.1:{proxy.port}"}
+    form = b"Action=PutSecretValue&SecretId=app/db&SecretString=pwned"
+    post = raw_request(
+        proxy.port, "POST", "/", form, headers={**host, "Content-Type": "application/x-www-form-urlencoded", **headers}
+    )
+    refused(post)
+    refused(
+        raw_request(
+            proxy.port, "GET", "/?Action=PutSecretValue&SecretId=app/db&SecretString=x", headers={**host, **headers}
+        )
+    )
+    assert fault.seen == []
+    # a page of the pod's own (a loopback origin), and every non-browser client, are served as before
+    own = {"Origin": f"http://localhost:{proxy.port}", "Sec-Fetch-Site": "same-origin"}
+    assert (
+        raw_request(proxy.port, "GET", "/?Action=GetSecretValue&SecretId=app/db", headers={**host, **own}).status == 200
+    )
+    assert raw_request(proxy.port, "GET", "/?Action=GetSecretValue&SecretId=app/db", headers=host).status == 200
