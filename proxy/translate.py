@@ -35,7 +35,7 @@ from xml.etree import ElementTree
 from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Shape, StructureShape
 from botocore.parsers import JSONParser, ResponseParserError
 from botocore.serialize import JSONSerializer
-from botocore.utils import parse_timestamp
+from botocore.utils import parse_to_aware_datetime
 
 from . import errors
 from .models import Operation, UpstreamResponse
@@ -301,12 +301,13 @@ def _decode_scalar(shape: Shape, value: str, path: str) -> Any:
 
 
 def utc_timestamp(value: str) -> datetime.datetime:
-    """A timestamp parameter (ISO 8601 or epoch seconds, botocore's ``parse_timestamp``) as a UTC datetime, the
-    form botocore's serializers write without failing. Raises ValueError for anything else, including what
-    ``parse_timestamp`` gives up on with a RuntimeError (``1e400``, ``inf``) and a date that leaves datetime's
-    range once moved to UTC (``0001-01-01T00:00:00+01:00``)."""
+    """A timestamp parameter (ISO 8601 or epoch seconds) as a UTC datetime, the form botocore's serializers
+    write without failing. A timestamp without a zone is UTC, as botocore's ``parse_to_aware_datetime`` (which
+    the serializers use) reads it, whatever the host's zone. Raises ValueError for anything else, including
+    what botocore gives up on with a RuntimeError (``1e400``, ``inf``) and a date that leaves datetime's range
+    once moved to UTC (``0001-01-01T00:00:00+01:00``)."""
     try:
-        return parse_timestamp(value).astimezone(datetime.UTC)
+        return parse_to_aware_datetime(value).astimezone(datetime.UTC)
     except (ValueError, TypeError, OverflowError, OSError, RuntimeError):
         raise ValueError("not a timestamp that can be sent") from None
 

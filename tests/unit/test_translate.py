@@ -15,7 +15,7 @@ from botocore.serialize import QuerySerializer
 from proxy import errors
 from proxy.models import UpstreamResponse
 from proxy.shapes import iso8601, xml_text
-from proxy.translate import InputLimits, Translator, decode_input, upstream_error
+from proxy.translate import InputLimits, Translator, decode_input, upstream_error, utc_timestamp
 from tests.support import query_model
 
 SESSION = botocore.session.get_session()
@@ -304,3 +304,20 @@ def test_iso8601_accepts_what_upstreams_send() -> None:
     assert iso8601(1523477145) == "2018-04-11T20:05:45.000Z"
     assert iso8601(1.523477145713e9) == "2018-04-11T20:05:45.713Z"
     assert iso8601("2018-04-11T22:05:45.713+02:00") == "2018-04-11T20:05:45.713Z"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo", "America/Los_Angeles"])
+def test_a_timestamp_without_a_zone_is_utc_whatever_the_hosts_zone(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    """As botocore's serializers read it (``parse_to_aware_datetime``): the host's zone never shifts it."""
+    import time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        want = datetime.datetime(2018, 1, 1, tzinfo=datetime.UTC)
+        assert utc_timestamp("2018-01-01T00:00:00") == want
+        assert utc_timestamp("2018-01-01T09:00:00+09:00") == want
+        assert utc_timestamp("1514764800") == want
+    finally:
+        monkeypatch.undo()
+        time.tzset()
