@@ -112,7 +112,16 @@ def target_authority(target: str) -> str | None:
     section 3.2.2 makes the request's host instead of the Host header; None for an origin-form target."""
     if target.startswith("/"):
         return None
-    return urlsplit(target).netloc.rpartition("@")[2]
+    return url_authority(target)
+
+
+def url_authority(url: str) -> str:
+    """The host (and port) of a URL, without userinfo; empty for ``null`` and anything that is not a URL
+    (``http://[::1`` and other bad IPv6 literals), which no Host rule allows."""
+    try:
+        return urlsplit(url.strip()).netloc.rpartition("@")[2]
+    except ValueError:
+        return ""
 
 
 def check_host(head: RequestHead, settings: RuleSettings) -> None:
@@ -133,21 +142,13 @@ def check_browser_site(head: RequestHead, settings: RuleSettings) -> None:
     ``http://127.0.0.1:8977/``) is refused, though its Host is loopback: an ``Origin`` header whose host fails
     :func:`host_allowed` (``null`` included), or ``Sec-Fetch-Site: cross-site``. SDKs and curl send neither."""
     origin = head.headers.get("Origin")
-    if origin is not None and not host_allowed(_origin_host(origin), settings.allowed_hosts):
+    if origin is not None and not host_allowed(url_authority(origin), settings.allowed_hosts):
         raise errors.AccessDenied(
             "the request comes from a web page of another origin (Origin is not a loopback address, localhost or "
             "in listen.allowed_hosts)"
         )
     if head.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
         raise errors.AccessDenied("the request comes from a web page of another site (Sec-Fetch-Site: cross-site)")
-
-
-def _origin_host(origin: str) -> str:
-    """The host (and port) of an ``Origin`` header; empty for ``null`` and anything that is not a URL."""
-    try:
-        return urlsplit(origin.strip()).netloc
-    except ValueError:  # http://[::1 and other bad IPv6 literals
-        return ""
 
 
 def check_token(head: RequestHead, settings: RuleSettings) -> None:
